@@ -1,0 +1,28 @@
+"""controlnext-video: ControlNeXt on Stable Video Diffusion.
+
+Public names are imported lazily, so importing the package (or its `video` subpackage) loads
+neither torch nor diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "ControlNeXtSVDPipeline": "controlnext_video.pipeline",
+    "ControlNeXtModel": "controlnext_video.control",
+    "ControlNeXtConfig": "controlnext_video.control",
+    "plan_windows": "controlnext_video.windows",
+    "WindowPlan": "controlnext_video.windows",
+    "Window": "controlnext_video.windows",
+    "WeightsError": "controlnext_video.weights",
+    "prepare_reference": "controlnext_video.images",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'controlnext_video' has no attribute {name!r}")

@@ -1,0 +1,123 @@
+"""The ControlNeXt control module for SVD: a light convolutional encoder of pose frames.
+
+Its state-dict layout is the one of the released `controlnet.bin` (ControlNeXt-SVD v2), so
+the released weights load strictly. Only the output width is configurable: it must equal the
+UNet's first block width (`unet.config.block_out_channels[0]`, 320 for SVD), which is where
+the features are added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.resnet import ResnetBlock2D
+from torch import nn
+
+# Fixed widths of the released module (its weights define them).
+TIME_PROJ_CHANNELS = 128
+TIME_EMBED_DIM = 256
+STEM_CHANNELS = (64, 64, 128)
+STAGE_CHANNELS = (128, 256)
+STAGE_GROUPS = (4, 8)
+STEM_GROUPS = 2
+MID_GROUPS = 8
+
+
+@dataclass(frozen=True)
+class ControlNeXtConfig:
+    """What varies between models: the width the features are projected to.
+
+    Attributes:
+        out_channels: width of the output features; the UNet's first block width.
+        output_scale: the module's output scale (1.0 in the released model).
+    """
+
+    out_channels: int = 320
+    output_scale: float = 1.0
+
+    @classmethod
+    def for_unet(cls, unet_config) -> "ControlNeXtConfig":
+        """The configuration matching a `UNetSpatioTemporalConditionModel` config."""
+        return cls(out_channels=int(unet_config["block_out_channels"][0]))
+
+
+class _StridedConv(nn.Module):
+    """A 3x3 stride-2 convolution kept under the attribute name `conv` (state-dict layout)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ControlNeXtModel(nn.Module):
+    """Encodes pose frames into features added to the UNet after its first down block.
+
+    Shapes: control `(B, F, 3, H, W)` in [0, 1], timestep scalar or `(B,)`
+    -> features `(B*F, out_channels, h, w)`, with `h, w` about `H/8, W/8`.
+    """
+
+    def __init__(self, config: ControlNeXtConfig = ControlNeXtConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.time_proj = Timesteps(TIME_PROJ_CHANNELS, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(TIME_PROJ_CHANNELS, TIME_EMBED_DIM)
+        c1, c2, c3 = STEM_CHANNELS
+        self.embedding = nn.Sequential(
+            nn.Conv2d(3, c1, kernel_size=3, stride=2, padding=1),
+            nn.GroupNorm(STEM_GROUPS, c1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, kernel_size=3),
+            nn.GroupNorm(STEM_GROUPS, c2),
+            nn.ReLU(),
+            nn.Conv2d(c2, c3, kernel_size=3),
+            nn.GroupNorm(STEM_GROUPS, c3),
+            nn.ReLU(),
+        )
+        widths = (c3, *STAGE_CHANNELS)
+        self.down_res = nn.ModuleList(
+            ResnetBlock2D(
+                in_channels=widths[i],
+                out_channels=widths[i + 1],
+                temb_channels=TIME_EMBED_DIM,
+                groups=STAGE_GROUPS[i],
+            )
+            for i in range(len(STAGE_CHANNELS))
+        )
+        self.down_sample = nn.ModuleList(_StridedConv(w) for w in STAGE_CHANNELS)
+        mid = STAGE_CHANNELS[-1]
+        self.mid_convs = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(mid, mid, kernel_size=3, padding=1),
+                    nn.ReLU(),
+                    nn.GroupNorm(MID_GROUPS, mid),
+                    nn.Conv2d(mid, mid, kernel_size=3, padding=1),
+                    nn.GroupNorm(MID_GROUPS, mid),
+                ),
+                nn.Conv2d(mid, config.out_channels, kernel_size=1),
+            ]
+        )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding[0].weight.dtype
+
+    def forward(self, control: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
+        batch, frames = control.shape[:2]
+        t = torch.as_tensor(timestep, device=control.device)
+        if t.ndim == 0:
+            t = t[None]
+        t = t.expand(batch)
+        emb = self.time_embedding(self.time_proj(t).to(dtype=control.dtype))
+        emb = emb.repeat_interleave(frames, dim=0)
+
+        x = self.embedding(control.flatten(0, 1))
+        for res, down in zip(self.down_res, self.down_sample):
+            x = down(res(x, emb))
+        x = self.mid_convs[0](x) + x
+        return self.mid_convs[1](x) * self.config.output_scale

@@ -1,0 +1,58 @@
+"""The long-video sampler: per-step fusion of overlapping windows (k-diffusion style).
+
+A sampler is a plain function of a window denoiser, the current latents and a scheduler whose
+timesteps are set. At each timestep every window is denoised from the current global latents;
+the guided model outputs are averaged per frame over the windows that keep that frame, and the
+public `scheduler.step` is called once for the whole clip.
+
+This equals the reference, which steps each window separately (resetting the scheduler's private
+step index) and averages the stepped latents: for a fixed input an Euler step is affine in the
+model output, so averaging outputs then stepping gives the same latents, without touching
+scheduler internals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .windows import Window, WindowPlan
+
+# (scaled latents (1, N, C, h, w), timestep, windows) -> one guided model output
+# (1, window.size, C, h, w) per window, in order.
+WindowDenoiser = Callable[[torch.Tensor, torch.Tensor, Sequence[Window]], Sequence[torch.Tensor]]
+StepCallback = Callable[[int, int], None]
+
+
+def sample_windows(
+    denoise: WindowDenoiser,
+    latents: torch.Tensor,
+    scheduler,
+    plan: WindowPlan,
+    *,
+    windows_per_batch: int = 1,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Denoise `latents` over `scheduler.timesteps` with per-step window fusion.
+
+    Shapes: latents `(1, N, C, h, w)` with `N == plan.num_frames` -> same shape.
+    `callback(step, total)` is called after each step (1-based).
+    """
+    if latents.shape[1] != plan.num_frames:
+        raise ValueError(f"latents have {latents.shape[1]} frames, the window plan {plan.num_frames}")
+    counts = torch.tensor(plan.counts, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
+    batches = plan.batches(windows_per_batch)
+    timesteps = scheduler.timesteps
+    for step, t in enumerate(timesteps):
+        scaled = scheduler.scale_model_input(latents, t)
+        total = torch.zeros_like(latents)
+        for batch in batches:
+            outputs = denoise(scaled, t, batch)
+            for window, output in zip(batch, outputs, strict=True):
+                first = window.keep_from - window.start
+                total[:, window.keep_from : window.stop] += output[:, first:].to(total.dtype)
+        latents = scheduler.step(total / counts, t, latents, return_dict=False)[0]
+        if callback is not None:
+            callback(step + 1, len(timesteps))
+    return latents

@@ -1,0 +1,162 @@
+"""Tiny models: the real diffusers/transformers classes at tiny sizes with seeded random weights.
+
+Tests and the demo use them in place of the multi-GB SVD and ControlNeXt weights. Their pictures
+mean nothing; what they exercise is every code path, shape and file layout of the real model.
+`save_tiny_model` writes a complete model directory in the layout of a real one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
+
+from .control import ControlNeXtConfig, ControlNeXtModel
+from .pipeline import ControlNeXtSVDPipeline
+from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM
+
+# CLIP's normalization constants (the SVD feature extractor's).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_IMAGE_SIZE = 224
+
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
+    up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
+    cross_attention_dim=32,
+    num_attention_heads=(2, 4),
+    layers_per_block=1,
+    transformer_layers_per_block=1,
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=24,
+    num_frames=4,
+    in_channels=8,
+    out_channels=4,
+)
+TINY_VAE = dict(
+    block_out_channels=(32, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    layers_per_block=1,
+    latent_channels=4,
+    in_channels=3,
+    out_channels=3,
+)
+TINY_CLIP = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    projection_dim=32,
+    image_size=CLIP_IMAGE_SIZE,
+    patch_size=14,
+)
+# The scheduler of SVD img2vid-XT, as the reference uses it.
+SVD_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="v_prediction",
+    timestep_type="continuous",
+    use_karras_sigmas=True,
+    sigma_min=0.002,
+    sigma_max=700.0,
+    timestep_spacing="leading",
+    steps_offset=1,
+    interpolation_type="linear",
+)
+
+
+def tiny_components(seed: int = 0) -> dict:
+    """The tiny components, each built right after seeding torch with `seed` (deterministic)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNetSpatioTemporalConditionModel(**TINY_UNET)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLTemporalDecoder(**TINY_VAE)
+    torch.manual_seed(seed + 2)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP))
+    torch.manual_seed(seed + 3)
+    controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet.config))
+    return dict(
+        unet=unet.eval().requires_grad_(False),
+        vae=vae.eval().requires_grad_(False),
+        image_encoder=image_encoder.eval().requires_grad_(False),
+        controlnext=controlnext.eval().requires_grad_(False),
+        scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
+    )
+
+
+def build_tiny_pipeline(seed: int = 0, device: torch.device | str = "cpu") -> ControlNeXtSVDPipeline:
+    """A float32 tiny pipeline in memory."""
+    pipe = ControlNeXtSVDPipeline(**tiny_components(seed), image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    return pipe.to(device)
+
+
+def save_tiny_model(
+    path: str | Path,
+    seed: int = 0,
+    *,
+    weights_dtype: torch.dtype = torch.float16,
+    weights_format: str = "safetensors",
+) -> Path:
+    """Write a complete tiny model directory in the layout of a real one and return its path.
+
+    Layout: `model_index.json`, `unet/config.json` (config only), `vae/`, `image_encoder/`,
+    `feature_extractor/`, `scheduler/`, and the ControlNeXt files
+    `controlnext-unet.<fmt>` and `controlnext.<fmt>` (fmt "safetensors" or "bin").
+    """
+    if weights_format not in ("safetensors", "bin"):
+        raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    parts = tiny_components(seed)
+    parts["unet"].save_config(path / "unet")
+    parts["vae"].save_pretrained(path / "vae")
+    parts["image_encoder"].save_pretrained(path / "image_encoder")
+    parts["scheduler"].save_pretrained(path / "scheduler")
+    (path / "feature_extractor").mkdir(exist_ok=True)
+    (path / "feature_extractor" / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "crop_size": {"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+                "size": {"shortest_edge": CLIP_IMAGE_SIZE},
+                "do_center_crop": True,
+                "do_convert_rgb": True,
+                "do_normalize": True,
+                "do_rescale": True,
+                "do_resize": True,
+                "image_mean": list(CLIP_MEAN),
+                "image_std": list(CLIP_STD),
+                "resample": 3,
+                "rescale_factor": 1 / 255,
+            },
+            indent=2,
+        )
+    )
+    (path / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableVideoDiffusionPipeline",
+                "feature_extractor": ["transformers", "CLIPImageProcessor"],
+                "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+                "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+                "unet": ["diffusers", "UNetSpatioTemporalConditionModel"],
+                "vae": ["diffusers", "AutoencoderKLTemporalDecoder"],
+            },
+            indent=2,
+        )
+    )
+    for stem, module in ((UNET_WEIGHTS_STEM, parts["unet"]), (CONTROLNEXT_WEIGHTS_STEM, parts["controlnext"])):
+        state = {k: v.to(weights_dtype).contiguous() for k, v in module.state_dict().items()}
+        if weights_format == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(path / f"{stem}.safetensors"))
+        else:
+            torch.save(state, path / f"{stem}.bin")
+    return path

@@ -1,0 +1,83 @@
+"""Planning of the overlapping temporal windows that cover a long clip (pure functions).
+
+The reference denoises a clip of N frames in windows of `window_size` frames, starting every
+`window_size - overlap` frames, the last one moved back to end on the last frame. Within every
+window, frame 0 is conditioned on the reference pose (global pose 0) instead of its own pose;
+so a window that starts after 0 does not contribute its first frame to the per-frame average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+
+@dataclass(frozen=True)
+class Window:
+    """Frames `[start, stop)` of the clip, of which `[keep_from, stop)` enter the average."""
+
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def keep_from(self) -> int:
+        return self.start if self.start == 0 else self.start + 1
+
+    @property
+    def control_indices(self) -> tuple[int, ...]:
+        """Global pose index for each window frame: frame 0 takes the reference pose."""
+        return (0, *range(self.start + 1, self.stop))
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    num_frames: int
+    window_size: int
+    overlap: int
+    windows: tuple[Window, ...]
+
+    @cached_property
+    def counts(self) -> tuple[int, ...]:
+        """How many windows contribute to each frame's average."""
+        counts = [0] * self.num_frames
+        for w in self.windows:
+            for i in range(w.keep_from, w.stop):
+                counts[i] += 1
+        return tuple(counts)
+
+    def batches(self, windows_per_batch: int) -> tuple[tuple[Window, ...], ...]:
+        """The windows in order, grouped `windows_per_batch` at a time (for batched UNet calls)."""
+        if windows_per_batch < 1:
+            raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
+        w = self.windows
+        return tuple(w[i : i + windows_per_batch] for i in range(0, len(w), windows_per_batch))
+
+
+def plan_windows(num_frames: int, window_size: int, overlap: int) -> WindowPlan:
+    """Windows covering `num_frames` frames, as the reference places them.
+
+    The effective window size is `min(window_size, num_frames)`; a clip no longer than one
+    window is a single window. Raises ValueError for arguments that leave frames uncovered.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    if window_size < 1:
+        raise ValueError(f"window_size must be at least 1, got {window_size}")
+    if not 0 <= overlap < window_size:
+        raise ValueError(f"overlap must be in [0, window_size={window_size}), got {overlap}")
+    size = min(window_size, num_frames)
+    if size == num_frames:
+        return WindowPlan(num_frames, size, overlap, (Window(0, num_frames),))
+    if overlap < 1:
+        raise ValueError(
+            f"overlap must be at least 1 when the clip ({num_frames} frames) is longer than window_size "
+            f"({window_size}): the first frame of every later window is conditioned on the reference pose "
+            "and left out, so windows must overlap to cover it"
+        )
+    stride = size - overlap
+    starts = [min(s, num_frames - size) for s in range(0, num_frames - overlap, stride)]
+    return WindowPlan(num_frames, size, overlap, tuple(Window(s, s + size) for s in starts))
