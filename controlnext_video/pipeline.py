@@ -206,7 +206,7 @@ class ControlNeXtSVDPipeline:
         return (self.unet, self.controlnext, self.vae, self.image_encoder)
 
     @contextmanager
-    def _placed(self, *modules: torch.nn.Module):
+    def placed(self, *modules: torch.nn.Module):
         """With offload on: move `modules` to the execution device for the duration of the block."""
         if not self.offload:
             yield
@@ -317,7 +317,7 @@ class ControlNeXtSVDPipeline:
         mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
         std = torch.tensor(self.image_std).view(1, -1, 1, 1)
         image = ((image - mean) / std).to(self.device, self.image_encoder.dtype)
-        with self._placed(self.image_encoder):
+        with self.placed(self.image_encoder):
             embeds = self.image_encoder(image).image_embeds
         return embeds.unsqueeze(1)
 
@@ -332,7 +332,7 @@ class ControlNeXtSVDPipeline:
         image = (reference * 2.0 - 1.0).to(self.device)
         noise = randn_tensor(image.shape, generator=generator, device=self.device, dtype=image.dtype)
         image = image + noise_aug_strength * noise
-        with self._placed(self.vae):
+        with self.placed(self.vae):
             return self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode()
 
     @torch.no_grad()
@@ -343,13 +343,13 @@ class ControlNeXtSVDPipeline:
         Shapes: latents `(1, N, C, h, w)` -> chunks `(n, H, W, 3)` float32 in [0, 1].
         """
         z = latents.flatten(0, 1) / self.vae.config.scaling_factor
-        with self._placed(self.vae):
+        with self.placed(self.vae):
             for i in range(0, z.shape[0], decode_chunk_size):
                 chunk = z[i : i + decode_chunk_size].to(self.device, self.vae.dtype)
                 frames = self.vae.decode(chunk, num_frames=chunk.shape[0]).sample
                 yield (frames.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
-    def _window_denoiser(
+    def window_denoiser(
         self,
         *,
         injector,
@@ -469,8 +469,8 @@ class ControlNeXtSVDPipeline:
             guidance = torch.linspace(min_guidance_scale, max_guidance_scale, plan.window_size, device=self.device)
             guidance = guidance.view(1, -1, 1, 1, 1)
 
-        with self._placed(self.unet, self.controlnext), control_injection(self.unet) as injector:
-            denoise = self._window_denoiser(
+        with self.placed(self.unet, self.controlnext), control_injection(self.unet) as injector:
+            denoise = self.window_denoiser(
                 injector=injector,
                 poses=pose_frames,
                 image_embeddings=image_embeddings,

@@ -7,14 +7,14 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_pipe():
-    from controlnext_video.tiny import build_tiny_pipeline
+    from controlnext_video.factory import build_tiny_pipeline
 
     return build_tiny_pipeline(seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from controlnext_video.tiny import save_tiny_model
+    from controlnext_video.factory import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 

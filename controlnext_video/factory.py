@@ -1,8 +1,10 @@
-"""Tiny models: the real diffusers/transformers classes at tiny sizes with seeded random weights.
+"""Model factories: the real diffusers/transformers classes with seeded random weights.
 
-Tests and the demo use them in place of the multi-GB SVD and ControlNeXt weights. Their pictures
-mean nothing; what they exercise is every code path, shape and file layout of the real model.
-`save_tiny_model` writes a complete model directory in the layout of a real one.
+Tiny models stand in for the multi-GB SVD and ControlNeXt weights in tests and the demo; their
+pictures mean nothing, but they exercise every code path, shape and file layout of the real
+model. `save_tiny_model` writes a complete model directory in the layout of a real one.
+`svd_size_components` builds the real architecture at real size (SVD img2vid-XT configs, which
+are diffusers' defaults) with random weights, for benchmarks: nothing to download.
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ TINY_CLIP = dict(
     image_size=CLIP_IMAGE_SIZE,
     patch_size=14,
 )
+# SVD img2vid-XT's VAE and CLIP ViT-H/14 image encoder (the UNet's defaults are SVD's already).
+SVD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    sample_size=768,
+    scaling_factor=0.18215,
+    force_upcast=True,
+)
+SVD_CLIP = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_attention_heads=16,
+    num_hidden_layers=32,
+    projection_dim=1024,
+    image_size=CLIP_IMAGE_SIZE,
+    patch_size=14,
+    hidden_act="gelu",
+)
 # The scheduler of SVD img2vid-XT, as the reference uses it.
 SVD_SCHEDULER = dict(
     beta_start=0.00085,
@@ -90,10 +112,39 @@ def tiny_components(seed: int = 0) -> dict:
     )
 
 
+def svd_size_components(
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> dict:
+    """Real-size SVD + ControlNeXt components with random weights, built directly on `device`.
+
+    The VAE is kept in float32 when `dtype` is float16 (its config asks for it).
+    """
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNetSpatioTemporalConditionModel().to(dtype)
+        controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet.config)).to(dtype)
+        vae = AutoencoderKLTemporalDecoder(**SVD_VAE).to(vae_dtype)
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)).to(dtype)
+    return dict(
+        unet=unet.eval().requires_grad_(False),
+        vae=vae.eval().requires_grad_(False),
+        image_encoder=image_encoder.eval().requires_grad_(False),
+        controlnext=controlnext.eval().requires_grad_(False),
+        scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
+    )
+
+
+def build_pipeline(components: dict, device: torch.device | str = "cpu") -> ControlNeXtSVDPipeline:
+    """A pipeline from factory components (tiny or SVD size)."""
+    return ControlNeXtSVDPipeline(**components, image_mean=CLIP_MEAN, image_std=CLIP_STD).to(device)
+
+
 def build_tiny_pipeline(seed: int = 0, device: torch.device | str = "cpu") -> ControlNeXtSVDPipeline:
     """A float32 tiny pipeline in memory."""
-    pipe = ControlNeXtSVDPipeline(**tiny_components(seed), image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    return pipe.to(device)
+    return build_pipeline(tiny_components(seed), device)
 
 
 def save_tiny_model(

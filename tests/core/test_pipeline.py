@@ -1,0 +1,210 @@
+"""Pipeline behaviour: control effect, hook hygiene, argument checks, outputs and options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from controlnext_video.injection import CONTROL_STRENGTH, ControlSignal, control_injection, cross_normalize
+
+from .conftest import initial_latents, random_inputs
+
+N, H, W = 6, 64, 64
+BASE = dict(num_inference_steps=2, window_size=4, overlap=1)
+
+
+def hooks_on(unet) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules())
+
+
+def call(pipe, **kwargs):
+    ref, poses = random_inputs(N, H, W)
+    args = dict(BASE, latents=initial_latents(pipe, N, H, W), generator=torch.Generator().manual_seed(0))
+    args.update(kwargs)
+    return pipe(args.pop("reference", ref), args.pop("poses", poses), **args)
+
+
+def test_control_changes_the_output(tiny_pipe):
+    with_control = call(tiny_pipe, output_type="latent")
+    without = call(tiny_pipe, output_type="latent", control_scale=0.0)
+    assert (with_control - without).abs().max().item() > 1e-3
+    other_poses = random_inputs(N, H, W, seed=9)[1][::-1].copy()
+    moved = call(tiny_pipe, output_type="latent", poses=other_poses)
+    assert (with_control - moved).abs().max().item() > 1e-3
+
+
+def test_control_scale_zero_is_the_plain_unet(tiny_pipe):
+    """Scale 0 adds nothing: the result equals the UNet with no hook at all."""
+    without = call(tiny_pipe, output_type="latent", control_scale=0.0)
+    calls = []
+    handle = tiny_pipe.unet.down_blocks[0].register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        again = call(tiny_pipe, output_type="latent", control_scale=0.0)
+    finally:
+        handle.remove()
+    assert calls and torch.equal(without, again)
+
+
+def test_no_hook_left_after_call_or_error(tiny_pipe):
+    before = hooks_on(tiny_pipe.unet)
+    call(tiny_pipe, output_type="latent")
+    assert hooks_on(tiny_pipe.unet) == before
+
+    def explode(step, total):
+        assert hooks_on(tiny_pipe.unet) == before + 1  # the hook is live during the call
+        raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        call(tiny_pipe, output_type="latent", callback=explode)
+    assert hooks_on(tiny_pipe.unet) == before
+
+
+def test_injection_leaves_residuals_untouched(tiny_pipe):
+    """The block's residual outputs (skip connections) keep the pre-control hidden states."""
+    block = tiny_pipe.unet.down_blocks[0]
+    hidden = torch.randn(4, 32, 8, 8)
+    residual = hidden  # the block's last residual is its output tensor itself
+    features = torch.randn(2, 32, 7, 7)
+    with control_injection(tiny_pipe.unet) as injector:
+        injector.signal = ControlSignal(features, first_row=2, scale=1.5)
+        out_hidden, out_res = injector(block, (), (hidden, (residual,)))
+    assert out_res[0] is residual and torch.equal(residual, hidden)
+    assert torch.equal(out_hidden[:2], hidden[:2])
+    expected = hidden[2:] + torch.nn.functional.adaptive_avg_pool2d(
+        cross_normalize(features, hidden[2:]), (8, 8)) * 1.5 * CONTROL_STRENGTH
+    assert torch.allclose(out_hidden[2:], expected, atol=1e-6)
+
+
+def test_cross_normalize_statistics():
+    control = torch.randn(3, 8, 5, 5) * 4 + 2
+    hidden = torch.randn(3, 8, 6, 6) * 0.5 - 1
+    out = cross_normalize(control, hidden)
+    assert torch.allclose(out.mean(dim=(1, 2, 3)), hidden.mean(dim=(1, 2, 3)), atol=1e-5)
+    assert torch.allclose(out.std(dim=(1, 2, 3)), hidden.std(dim=(1, 2, 3)), atol=1e-3)
+
+
+@pytest.fixture
+def guarded_pipe(tiny_pipe):
+    """The tiny pipeline with every model refusing to run: argument errors must come first."""
+    def refuse(module, args):
+        raise AssertionError(f"model work started: {type(module).__name__}")
+
+    handles = [m.register_forward_pre_hook(refuse) for m in
+               (tiny_pipe.unet, tiny_pipe.vae, tiny_pipe.image_encoder, tiny_pipe.controlnext)]
+    yield tiny_pipe
+    for h in handles:
+        h.remove()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(overlap=4), r"overlap \(4\) must be smaller than window_size \(4\)"),
+        (dict(overlap=0), "overlap must be at least 1"),
+        (dict(height=60), "height must be a positive multiple of 8"),
+        (dict(width=0), "width must be a positive multiple of 8"),
+        (dict(height=72), "reference is 64x64"),
+        (dict(poses=[]), "poses is empty"),
+        (dict(poses=None), "poses is empty"),
+        (dict(num_inference_steps=0), "num_inference_steps"),
+        (dict(decode_chunk_size=0), "decode_chunk_size"),
+        (dict(window_size=0), "window_size"),
+        (dict(min_guidance_scale=float("nan")), "min_guidance_scale"),
+        (dict(noise_aug_strength=-0.1), "noise_aug_strength"),
+        (dict(output_type="pil"), "output_type"),
+        (dict(reference=np.zeros((64, 64), np.uint8)), "reference must be an RGB image"),
+        (dict(latents=torch.zeros(1, N + 1, 4, 8, 8)), "latents must have shape"),
+    ],
+)
+def test_bad_arguments_fail_before_model_work(guarded_pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        call(guarded_pipe, **kwargs)
+
+
+def test_pose_count_and_size_mismatch(guarded_pipe):
+    ref, poses = random_inputs(N, H, W)
+    bad = list(poses)
+    bad[3] = np.zeros((H, W + 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"poses\[3\] is 72x64"):
+        guarded_pipe(ref, bad, **BASE)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        guarded_pipe(ref, poses[:4], latents=initial_latents(guarded_pipe, N, H, W), **BASE)
+    with pytest.raises(ValueError, match=r"poses\[1\] has float values outside"):
+        guarded_pipe(ref, [poses[0], np.full((H, W, 3), 2.0)], **BASE)
+
+
+def test_inputs_in_every_format_agree(tiny_pipe):
+    from PIL import Image
+
+    ref, poses = random_inputs(N, H, W)
+    a = call(tiny_pipe, output_type="latent", reference=ref, poses=poses)
+    b = call(tiny_pipe, output_type="latent", reference=Image.fromarray(ref),
+             poses=[Image.fromarray(p) for p in poses])
+    c = call(tiny_pipe, output_type="latent", reference=torch.from_numpy(ref).permute(2, 0, 1).float() / 255,
+             poses=torch.from_numpy(poses).float() / 255)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_frames_output_and_streaming_decode(tiny_pipe):
+    latents = call(tiny_pipe, output_type="latent")
+    frames = call(tiny_pipe)
+    assert frames.shape == (N, H, W, 3) and frames.dtype == np.float32
+    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    chunks = list(tiny_pipe.decode_latents(latents, 2))
+    assert [c.shape[0] for c in chunks] == [2, 2, 2]
+    assert np.array_equal(np.concatenate(chunks), frames)
+    # the temporal decoder mixes frames within a chunk: the chunk size matters
+    assert not np.allclose(np.concatenate(list(tiny_pipe.decode_latents(latents, 3))), frames, atol=1e-6)
+
+
+def test_callback_reports_every_step(tiny_pipe):
+    seen = []
+    call(tiny_pipe, output_type="latent", num_inference_steps=3, callback=lambda s, t: seen.append((s, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_conditioning_arguments_are_honoured(tiny_pipe):
+    base = call(tiny_pipe, output_type="latent")
+    for change in (dict(fps_id=10), dict(motion_bucket_id=60), dict(noise_aug_strength=0.2),
+                   dict(min_guidance_scale=1.0), dict(num_inference_steps=3)):
+        assert not torch.equal(call(tiny_pipe, output_type="latent", **change), base), change
+
+
+def test_batched_windows_match_one_at_a_time(tiny_pipe):
+    single = call(tiny_pipe, output_type="latent", window_size=3, overlap=1)
+    try:
+        tiny_pipe.windows_per_batch = 3
+        batched = call(tiny_pipe, output_type="latent", window_size=3, overlap=1)
+    finally:
+        tiny_pipe.windows_per_batch = 1
+    assert (single - batched).abs().max().item() < 1e-3  # the parity tolerance: batching reorders float sums
+
+
+def test_uses_scaled_dot_product_attention(tiny_pipe):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    processors = tiny_pipe.unet.attn_processors
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+
+
+def test_cpu_offload_gives_the_same_result(tiny_pipe):
+    plain = call(tiny_pipe, output_type="latent")
+    try:
+        tiny_pipe.enable_model_cpu_offload("cpu")
+        offloaded = call(tiny_pipe, output_type="latent")
+    finally:
+        tiny_pipe.to("cpu")
+    assert torch.equal(plain, offloaded)
+
+
+def test_prepare_reference_covers_and_crops():
+    from PIL import Image
+
+    from controlnext_video import prepare_reference
+
+    wide = Image.fromarray(np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (100, 1, 3)))
+    out = prepare_reference(wide, height=64, width=32)
+    assert out.size == (32, 64)
+    # the middle of the source stays in the middle
+    assert abs(int(np.asarray(out)[32, 16, 0]) - 100) <= 3

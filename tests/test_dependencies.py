@@ -1,0 +1,46 @@
+"""Dependencies point one way: the library packages never import prefect or flows."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LIBRARY_PACKAGES = ("controlnext_video", "pose", "storage")
+FORBIDDEN = ("prefect", "flows")
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", LIBRARY_PACKAGES)
+def test_library_never_imports_flows_or_prefect(package):
+    offenders = []
+    for path in sorted((REPO_ROOT / package).rglob("*.py")):
+        for name in imported_modules(path):
+            if name.split(".")[0] in FORBIDDEN:
+                offenders.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
+def test_importing_the_library_does_no_work():
+    """Importing the packages loads neither torch nor any model (nothing happens at import time)."""
+    code = (
+        "import sys; import controlnext_video, pose, storage; "
+        "heavy = [m for m in ('torch', 'diffusers', 'mediapipe', 'av', 'prefect') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    assert out.stdout.strip() == ""
