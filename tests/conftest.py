@@ -19,3 +19,11 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"shared fixtures not found at {SHARED_DIR} (absent in a fresh clone)")
     return SHARED_DIR
+
+
+def pytest_configure(config):
+    # Property tests run on noisy shared machines: no per-example deadline.
+    from hypothesis import settings
+
+    settings.register_profile("project", deadline=None)
+    settings.load_profile("project")
