@@ -138,3 +138,38 @@ def blend_frames(plan: SegmentPlan, frame: int, contributions: dict[int, np.ndar
         part = contributions[segment.index].astype(np.float64) * weight
         total = part if total is None else total + part
     return total.astype(np.float32)
+
+
+def render_segment(
+    pipe,
+    reference,
+    poses: Sequence,
+    segment: Segment,
+    *,
+    seed: int,
+    decode_chunk_size: int,
+    callback=None,
+    **pipe_kwargs,
+):
+    """Render one segment and yield `(driving frame index, uint8 frame (H, W, 3))` in order.
+
+    `poses` are the segment's pipeline poses: `[reference pose] + driving poses[start:stop]`.
+    The reference pose frame (pipeline frame 0) anchors the segment and is not yielded.
+    Frames are decoded and yielded chunk by chunk, so a caller can write them as they come.
+    """
+    if len(poses) != segment.length + 1:
+        raise ValueError(
+            f"segment {segment.index} covers {segment.length} frames: expected {segment.length + 1} poses "
+            f"(the reference pose first), got {len(poses)}"
+        )
+    height, width = np.asarray(poses[0]).shape[:2]
+    shape = pipe.latent_shape(1, height, width)[2:]
+    latents = frame_noise(seed, segment.noise_indices, shape)
+    final = pipe(reference, poses, latents=latents, output_type="latent", callback=callback,
+                 generator=torch.Generator().manual_seed(seed), decode_chunk_size=decode_chunk_size, **pipe_kwargs)
+    index = -1
+    for chunk in pipe.decode_latents(final, decode_chunk_size):
+        for frame in chunk:
+            if index >= 0:
+                yield segment.start + index, np.round(frame * 255).astype(np.uint8)
+            index += 1

@@ -1,0 +1,104 @@
+"""The render request: one typed, validated parameter, shown as a form in the Prefect UI.
+
+Every field has a valid default (Prefect issue #16184: an invalid default silently resets a form)
+and a description; the form stays flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_STORE_ENV = "CONTROLNEXT_STORE"
+DEFAULT_MODEL_ENV = "CONTROLNEXT_MODEL_DIR"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+class RenderRequest(BaseModel):
+    """Everything a render needs: inputs, model, generation settings, segmentation and output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference: str = Field("", description="Reference image (path or store URL): the character to animate.",
+                           json_schema_extra={"position": 0})
+    driving: str = Field("", description="Driving video (path or store URL): the motion to perform.",
+                         json_schema_extra={"position": 1})
+    model: str = Field(default_factory=lambda: _env(DEFAULT_MODEL_ENV, "models/controlnext-svd"),
+                       description="Model directory on the GPU workers (SVD layout + ControlNeXt files).",
+                       json_schema_extra={"position": 2})
+    store: str = Field(default_factory=lambda: _env(DEFAULT_STORE_ENV, "renders"),
+                       description="Artifact store root: a local folder or an s3:// URL shared by all workers.",
+                       json_schema_extra={"position": 3})
+    output: str = Field("", description="Where to copy the final video (path or URL); empty: the job's output/.",
+                        json_schema_extra={"position": 4})
+    job_id: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                        description="Job identifier; empty: derived from the request's content (re-submitting "
+                                    "the same request resumes the same job).")
+
+    height: int = Field(1024, ge=64, le=4096, multiple_of=8, description="Output height in pixels.")
+    width: int = Field(576, ge=64, le=4096, multiple_of=8, description="Output width in pixels.")
+    steps: int = Field(25, ge=1, le=200, description="Denoising steps.")
+    guidance_min: float = Field(3.0, ge=0.0, le=20.0, description="Guidance at each window's first frame.")
+    guidance_max: float = Field(3.0, ge=0.0, le=20.0, description="Guidance at each window's last frame.")
+    control_scale: float = Field(1.0, ge=0.0, le=5.0, description="Strength of the pose control (1 = reference).")
+    window: int = Field(24, ge=2, le=128, description="Frames per temporal window (the model was trained on 24).")
+    overlap: int = Field(6, ge=1, le=127, description="Frames shared by neighbouring windows.")
+    decode_chunk_size: int = Field(8, ge=1, le=128,
+                                   description="Frames the VAE decodes together (more: smoother, more memory).")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed: same request and seed, same video.")
+
+    stride: int = Field(2, ge=1, le=16, description="Use every stride-th driving frame; output fps = source / stride.")
+    max_frames: int = Field(0, ge=0, description="Render at most this many output frames (0: the whole clip).")
+    pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
+    dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
+    align: Literal["retarget", "linear", "none"] = Field(
+        "retarget", description="Fit of the driving poses to the reference body: per-bone retargeting (default), "
+                                "the reference's whole-clip linear fit, or none.")
+
+    segment_length: int = Field(72, ge=2, le=2000, description="Frames per segment (one GPU job each).")
+    segment_overlap: int = Field(8, ge=0, le=1999, description="Frames shared and cross-faded between segments.")
+    dispatch: Literal["local", "deployment"] = Field(
+        "local", description="local: render segments in this process; deployment: fan out to GPU workers.")
+    segment_deployment: str = Field("render-segment/gpu", description="Deployment that renders a segment.")
+    priority: Literal["rush", "default", "batch"] = Field("default", description="Work queue of the segment runs.")
+    max_in_flight: int = Field(4, ge=1, le=256, description="Segment runs in flight at once.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per segment when a worker crashes or is lost.")
+    stale_after_seconds: float = Field(
+        300.0, ge=5.0, description="A running segment with no heartbeat for this long is treated as lost.")
+
+    output_format: Literal["mp4", "prores", "png"] = Field(
+        "mp4", description="H.264 MP4, ProRes 422 HQ MOV, or a PNG sequence.")
+    crf: int = Field(18, ge=0, le=51, description="H.264 quality (lower is better).")
+    audio: bool = Field(True, description="Carry the driving clip's audio into the output.")
+    device: str = Field("auto", description="Torch device on the workers: auto, cuda, cuda:N or cpu.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Compute precision: auto = bfloat16 on GPU, float32 on CPU.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RenderRequest":
+        if self.overlap >= self.window:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
+        if self.segment_overlap >= self.segment_length:
+            raise ValueError(
+                f"segment_overlap ({self.segment_overlap}) must be smaller than segment_length ({self.segment_length})"
+            )
+        if self.pose_backend == "dwpose" and not self.dwpose_models:
+            raise ValueError("pose_backend 'dwpose' needs dwpose_models: a folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
+        return self
+
+    def content_hash(self) -> str:
+        """A digest of the settings that decide the pictures (not where they go or how they are dispatched)."""
+        ignored = {"job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight",
+                   "max_attempts", "stale_after_seconds", "store"}
+        data = self.model_dump(exclude=ignored)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def resolved_job_id(self) -> str:
+        return self.job_id or f"job-{self.content_hash()[:16]}"

@@ -1,0 +1,112 @@
+"""The segment dispatch loop, driven by a scripted dispatcher (pure logic, no Prefect)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from flows.dispatch import LocalDispatcher, SegmentJobFailed, SegmentRun, drive_segments
+
+
+@dataclass
+class Scripted:
+    """Each (segment, attempt) follows a scripted list of states; 'completed' writes its record."""
+
+    script: dict
+    records: set = field(default_factory=set)
+    submitted: list = field(default_factory=list)
+    cancelled: list = field(default_factory=list)
+    beats: dict = field(default_factory=dict)
+
+    def submit(self, segment, attempt):
+        self.submitted.append((segment, attempt))
+        return SegmentRun(segment, attempt, "pending", flow_run_id=f"{segment}-{attempt}")
+
+    def poll(self, run):
+        states = self.script.get((run.segment, run.attempt), ["completed"])
+        state = states.pop(0) if len(states) > 1 else states[0]
+        if state == "completed":
+            self.records.add(run.segment)
+        if state == "running":
+            self.beats[run.segment] = self.beats.get(run.segment, 0)
+        return replace(run, state=state, message=f"scripted {state}")
+
+    def cancel(self, run, reason):
+        self.cancelled.append((run.segment, reason))
+
+
+def drive(d, segments, **kw):
+    args = dict(is_done=lambda s: s in d.records, heartbeat=lambda s: d.beats.get(s), max_in_flight=2,
+                max_attempts=3, stale_after=1e9, poll_seconds=0, log=lambda m: None)
+    args.update(kw)
+    return drive_segments(segments, d, **args)
+
+
+def test_all_segments_complete_with_bounded_in_flight():
+    d = Scripted({})
+    attempts = drive(d, [0, 1, 2, 3, 4])
+    assert sorted(d.records) == [0, 1, 2, 3, 4] and set(attempts.values()) == {1}
+
+
+def test_done_segments_are_not_rendered_again():
+    d = Scripted({})
+    d.records.update({1, 3})
+    drive(d, [0, 1, 2, 3])
+    assert sorted(s for s, _ in d.submitted) == [0, 2]
+
+
+def test_crash_is_resubmitted_and_failure_is_not():
+    d = Scripted({(1, 1): ["running", "crashed"], (1, 2): ["completed"]})
+    attempts = drive(d, [0, 1, 2])
+    assert attempts[1] == 2 and 1 in d.records
+    d = Scripted({(1, 1): ["failed"]})
+    with pytest.raises(SegmentJobFailed, match="segment 1 failed: scripted failed"):
+        drive(d, [0, 1, 2])
+    assert (1, 2) not in d.submitted  # no retry loop for a failure
+
+
+def test_attempts_are_capped():
+    d = Scripted({(0, a): ["crashed"] for a in (1, 2, 3)})
+    with pytest.raises(SegmentJobFailed, match=r"segment 0 crashed 3 times \(max_attempts=3\)"):
+        drive(d, [0, 1])
+
+
+def test_crashed_run_that_wrote_its_record_counts_as_done():
+    class LateRecord(Scripted):
+        def poll(self, run):
+            run = super().poll(run)
+            self.records.add(run.segment)  # the record appeared: Crashed was not final (P3)
+            return run
+
+    late = LateRecord({(0, 1): ["crashed"]})
+    attempts = drive(late, [0])
+    assert attempts == {0: 1}
+
+
+def test_lost_worker_is_detected_by_a_silent_heartbeat():
+    d = Scripted({(0, 1): ["running"], (0, 2): ["completed"]})
+    attempts = drive(d, [0], stale_after=0.0)
+    assert attempts[0] == 2 and d.cancelled and "no heartbeat" in d.cancelled[0][1]
+
+
+def test_failure_cancels_runs_in_flight():
+    d = Scripted({(0, 1): ["running"], (1, 1): ["failed"]})
+    with pytest.raises(SegmentJobFailed, match="segment 1"):
+        drive(d, [0, 1])
+    assert [s for s, _ in d.cancelled] == [0]
+
+
+def test_local_dispatcher_reports_errors_as_failures():
+    calls, records = [], set()
+
+    def render(segment, attempt):
+        calls.append(segment)
+        if segment == 2:
+            raise ValueError("pose frame 17 is corrupt")
+        records.add(segment)
+
+    with pytest.raises(SegmentJobFailed, match="segment 2 failed: ValueError: pose frame 17 is corrupt"):
+        drive_segments([0, 1, 2, 3], LocalDispatcher(render), is_done=records.__contains__, heartbeat=lambda s: None,
+                       max_in_flight=1, max_attempts=3, stale_after=60, poll_seconds=0, log=lambda m: None)
+    assert calls == [0, 1, 2]
