@@ -111,6 +111,8 @@ def tiny_yolox(path, boxes_640, scores, size=640, num_classes=80):
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         gx, gy = int(cx // s), int(cy // s)
         idx = base + gy * g + gx
+        if raw[0, idx, 4]:
+            raise ValueError(f"boxes {k} and an earlier one share a stride-32 anchor; move one")
         raw[0, idx, 0] = cx / s - gx
         raw[0, idx, 1] = cy / s - gy
         raw[0, idx, 2] = np.log((box[2] - box[0]) / s)
