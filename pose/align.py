@@ -12,9 +12,11 @@ Methods:
   percentile of that bone's length over the clip (a bone pointing at the camera looks short;
   its longest typical length is the true one). With `symmetric`, left and right bones share the
   longer of their two lengths (foreshortening only ever shortens). The skeleton is rebuilt from
-  the root (neck) outwards; the root follows the driving person's motion, scaled by the global
-  body-size ratio and anchored so that in the anchor frame (the first usable one) the root sits
-  on the reference's root. Hands are scaled by the palm-size ratio and attached to the wrists,
+  the root (neck) outwards. The root is anchored so that in the anchor frame (the first usable
+  one) it sits on the reference's root, and follows the driving person's motion: scaled by the
+  global body-size ratio (`root_motion="body"`, like the linear fit: a close-up character
+  moves as far in body lengths as the driver, so may leave the frame), by the frame-size ratio
+  (`"frame"`: the same fraction of the frame), or not at all (`"none"`: dancing in place). Hands are scaled by the palm-size ratio and attached to the wrists,
   the face by the eye-distance ratio and attached to the nose. Bones the reference does not show
   (legs of a waist-up portrait) use the global ratio.
 - `linear`: the reference pipeline's whole-clip linear fit, kept for parity:
@@ -67,6 +69,7 @@ from pose.layout import (
 from pose.types import PoseFrame, PoseSequence
 
 ALIGN_METHODS = ("retarget", "linear", "none")
+ROOT_MOTIONS = ("body", "frame", "none")
 
 # Body points the reference's linear fit uses (when found on the reference).
 LINEAR_FIT_JOINTS = (NOSE, NECK, R_SHOULDER, L_SHOULDER, R_HIP, R_KNEE, R_ANKLE, L_HIP, L_KNEE, L_ANKLE,
@@ -171,16 +174,22 @@ class RetargetConfig:
     length. symmetric: left and right bones share the longer length. present_score: score from
     which a body joint counts as found (the drawing threshold). anchor_frame: index (in the
     sequence) of the frame whose root is placed on the reference's root; None = the first frame
-    where the root is found."""
+    where the root is found. root_motion: how the root's displacement from the anchor frame is
+    scaled: "body" (body-size ratio), "frame" (frame-size ratio) or "none" (pinned). Frames
+    where the anchor joint (normally the neck) is not found place their first found joint by
+    the body-size ratio."""
 
     rest_percentile: float = 90.0
     symmetric: bool = True
     present_score: float = PRESENT_SCORE
     anchor_frame: int | None = None
+    root_motion: str = "body"
 
     def __post_init__(self) -> None:
         if not 0 < self.rest_percentile <= 100:
             raise PoseInputError(f"rest_percentile must be in (0, 100], got {self.rest_percentile}")
+        if self.root_motion not in ROOT_MOTIONS:
+            raise PoseInputError(f"root_motion must be one of {', '.join(ROOT_MOTIONS)}, got {self.root_motion!r}")
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,7 @@ class RetargetPlan:
     anchor_frame: int
     reference_anchor: tuple[float, float]  # output pixels
     driving_anchor: tuple[float, float]  # driving pixels
+    root_scale: tuple[float, float]  # output pixels per driving pixel of root displacement
 
 
 def _lengths(points: np.ndarray, present: np.ndarray, pairs) -> np.ndarray:
@@ -293,6 +303,11 @@ def plan_retarget(
     frames = np.flatnonzero(usable) if config.anchor_frame is None else [config.anchor_frame]
     if config.anchor_frame is not None and not (0 <= config.anchor_frame < len(driving) and usable[config.anchor_frame]):
         raise PoseInputError(f"anchor_frame={config.anchor_frame} is out of range or a missing frame")
+    root_scale = {
+        "body": (body_ratio, body_ratio),
+        "frame": (width / driving.width, height / driving.height),
+        "none": (0.0, 0.0),
+    }[config.root_motion]
     for joint in ROOT_PRIORITY:
         if ref_body[joint, 2] <= thr:
             continue
@@ -304,6 +319,7 @@ def plan_retarget(
                 anchor_joint=joint, anchor_frame=int(hits[0]),
                 reference_anchor=(float(ref_body[joint, 0]), float(ref_body[joint, 1])),
                 driving_anchor=(float(drive[hits[0], joint, 0]), float(drive[hits[0], joint, 1])),
+                root_scale=(float(root_scale[0]), float(root_scale[1])),
             )
     raise NoPersonError("retargeting: no body joint is found both on the reference and in the driving clip")
 
@@ -320,12 +336,13 @@ def _retarget_frame(d: np.ndarray, plan: RetargetPlan, thr: float) -> np.ndarray
     out[:, 2] = d[:, 2]
     body = d[BODY_SLICE]
     present = body[:, 2] > thr
-    root = next((j for j in ROOT_PRIORITY if present[j]), None)
+    root = plan.anchor_joint if present[plan.anchor_joint] else next((j for j in ROOT_PRIORITY if present[j]), None)
     s = plan.body_ratio
     ref_anchor, drive_anchor = np.array(plan.reference_anchor), np.array(plan.driving_anchor)
     placed = np.zeros(NUM_BODY, bool)
     if root is not None:
-        out[root, :2] = ref_anchor + s * (body[root, :2] - drive_anchor)
+        scale = np.array(plan.root_scale) if root == plan.anchor_joint else s
+        out[root, :2] = ref_anchor + scale * (body[root, :2] - drive_anchor)
         placed[root] = True
         queue = deque([root])
         while queue:

@@ -33,3 +33,33 @@ def mp_image_detector():
 @pytest.fixture(scope="session")
 def tiny_pose_model(tmp_path_factory):
     return tiny_dwpose(tmp_path_factory.mktemp("dwpose") / "dw-ll_ucoco_384.onnx")
+
+
+@pytest.fixture(scope="session")
+def walking_clip(tmp_path_factory, astronaut):
+    """A 12-frame 384x384 clip at 30 fps: the astronaut moving along a smooth affine path, with
+    frames 5 and 6 blank (nobody in view)."""
+    import cv2
+
+    from pose._video import Mp4Writer
+
+    path = tmp_path_factory.mktemp("clips") / "walking.mp4"
+    with Mp4Writer(path, fps=30, width=384, height=384) as writer:
+        for k in range(12):
+            m = cv2.getRotationMatrix2D((256, 256), -6 + k, 0.7 + 0.01 * k)
+            m[:, 2] += (-64 + 4 * k, -64)
+            frame = cv2.warpAffine(astronaut, m, (384, 384), borderValue=(128, 128, 128))
+            writer.write(np.full_like(frame, 128) if k in (5, 6) else frame)
+    return path
+
+
+@pytest.fixture(scope="session")
+def empty_clip(tmp_path_factory):
+    """A 6-frame clip of a grey wall."""
+    from pose._video import Mp4Writer
+
+    path = tmp_path_factory.mktemp("clips") / "empty.mp4"
+    with Mp4Writer(path, fps=25, width=320, height=240) as writer:
+        for k in range(6):
+            writer.write(np.full((240, 320, 3), 100 + 10 * k, np.uint8))
+    return path

@@ -187,3 +187,20 @@ def test_symmetric_lengths_use_the_longer_side():
     ref_len = _bone_lengths(ref, OUT_W, OUT_H)
     assert _bone_lengths(sym[0], OUT_W, OUT_H)[1] == pytest.approx(ref_len[4], rel=1e-3)  # left's length
     assert _bone_lengths(asym[0], OUT_W, OUT_H)[1] == pytest.approx(ref_len[1], rel=1e-3)
+
+
+@pytest.mark.parametrize("root_motion, expected_scale", [("body", None), ("frame", (OUT_W / DRV_W, OUT_H / DRV_H)),
+                                                          ("none", (0.0, 0.0))])
+def test_root_motion_modes(root_motion, expected_scale):
+    ref = _reference(scale=3.0)
+    drive = _waving(10, scale=1.5, neck0=(600, 300), drift=(20.0, 4.0))
+    config = RetargetConfig(root_motion=root_motion)
+    out = retarget(drive, ref, width=OUT_W, height=OUT_H, config=config)
+    plan = plan_retarget(drive, ref, width=OUT_W, height=OUT_H, config=config)
+    scale = np.array(expected_scale if expected_scale is not None else (plan.body_ratio, plan.body_ratio))
+    moved = _px(out[-1], OUT_W, OUT_H)[NECK] - _px(out[0], OUT_W, OUT_H)[NECK]
+    np.testing.assert_allclose(moved, scale * 9 * np.array([20.0, 4.0]), atol=1e-3)
+    ref_len = _bone_lengths(ref, OUT_W, OUT_H)
+    assert np.abs(_bone_lengths(out[-1], OUT_W, OUT_H) / ref_len - 1).max() < 0.01
+    with pytest.raises(PoseInputError, match="root_motion must be one of"):
+        RetargetConfig(root_motion="teleport")
