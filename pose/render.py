@@ -80,16 +80,24 @@ def canvas_size(height: int, width: int, style: RenderStyle = DEFAULT_STYLE) -> 
 
 
 def _pixel(v: float, size: int) -> float:
-    return float(np.clip(v * size, -_COORD_LIMIT * size, _COORD_LIMIT * size))
+    limit = _COORD_LIMIT * size
+    return min(max(float(v) * size, -limit), limit)
 
 
 def _scaled(color: Sequence[int], factor: float) -> tuple[int, int, int]:
     return tuple(int(c * factor) for c in color)
 
 
-def _draw_bodies(cv2, canvas: np.ndarray, people: Sequence[PoseFrame], style: RenderStyle) -> np.ndarray:
+def _darken_table(factor: float) -> np.ndarray:
+    """uint8 -> int(value * factor), the same float64 product and truncation as
+    `(canvas * factor).astype(np.uint8)`, as a lookup table (much faster on a 4K canvas)."""
+    return (np.arange(256, dtype=np.uint8) * factor).astype(np.uint8)
+
+
+def _draw_bodies(cv2, canvas: np.ndarray, people: Sequence[PoseFrame], style: RenderStyle) -> None:
     h, w = canvas.shape[:2]
     thr = style.score_threshold
+    drawn = []  # polygons, to darken only the region they cover (the rest of the canvas is 0)
     for limb, (a, b) in enumerate(BODY_LIMBS):
         for person in people:
             pa, pb = person.body[a], person.body[b]
@@ -105,7 +113,14 @@ def _draw_bodies(cv2, canvas: np.ndarray, people: Sequence[PoseFrame], style: Re
                 int(angle), 0, 360, 1,
             )
             cv2.fillConvexPoly(canvas, polygon, _scaled(BODY_PALETTE[limb], float(pa[2]) * float(pb[2])))
-    canvas = (canvas * style.body_darken).astype(np.uint8)
+            drawn.append(polygon)
+    if drawn:
+        pts = np.concatenate(drawn)
+        x0, y0 = np.maximum(pts.min(axis=0), 0)
+        x1, y1 = np.minimum(pts.max(axis=0) + 1, (w, h))
+        if x1 > x0 and y1 > y0:
+            region = canvas[y0:y1, x0:x1]
+            region[...] = cv2.LUT(region, _darken_table(style.body_darken))
     for joint in range(NUM_BODY):
         for person in people:
             x, y, score = person.body[joint]
@@ -115,7 +130,6 @@ def _draw_bodies(cv2, canvas: np.ndarray, people: Sequence[PoseFrame], style: Re
                 canvas, (int(_pixel(x, w)), int(_pixel(y, h))), style.joint_radius,
                 _scaled(BODY_PALETTE[joint], float(score)), thickness=-1,
             )
-    return canvas
 
 
 def _hand_colour(bone: int, score: int) -> tuple[float, float, float]:
@@ -164,7 +178,7 @@ def render_people(
     ch, cw = canvas_size(height, width, style)
     canvas = np.zeros((ch, cw, 3), np.uint8)
     if style.draw_body:
-        canvas = _draw_bodies(cv2, canvas, people, style)
+        _draw_bodies(cv2, canvas, people, style)
     if style.draw_hands:
         _draw_hands(cv2, canvas, people, style)
     if style.draw_face:
@@ -172,7 +186,7 @@ def render_people(
     if (ch, cw) != (height, width):
         interp = cv2.INTER_LINEAR if style.interpolation == "linear" else cv2.INTER_AREA
         canvas = cv2.resize(canvas, (width, height), interpolation=interp)
-    return np.ascontiguousarray(canvas[:, :, ::-1])
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
 
 
 def render_pose(frame: PoseFrame, height: int, width: int, style: RenderStyle = DEFAULT_STYLE) -> np.ndarray:

@@ -173,3 +173,10 @@ def test_style_options_are_honoured_and_validated():
 
 def test_bones_tree_covers_the_drawn_limbs():
     assert {frozenset(b) for b in BONES} == {frozenset(l) for l in BODY_LIMBS}
+
+
+def test_darkening_table_matches_the_reference_arithmetic():
+    from pose.render import _darken_table
+
+    values = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(_darken_table(0.6), (values * 0.6).astype(np.uint8))
