@@ -214,16 +214,36 @@ def _read_json(path: Path) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path = Path(path)
+    _write_text(Path(path), [json.dumps(data, separators=(",", ":"))])
+
+
+def _write_text(path: Path, chunks: Iterable[str]) -> None:
+    """Write chunks to a temporary file renamed into place (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    with tmp.open("w", encoding="utf-8") as f:
+        for chunk in chunks:
+            f.write(chunk)
     tmp.replace(path)
 
 
 def write_sequence(seq: PoseSequence, path: str | Path) -> Path:
-    """Write a sequence file (atomically: a temporary file renamed into place)."""
-    _write_json(Path(path), sequence_to_dict(seq))
+    """Write a sequence file, one frame at a time (no whole-file string in memory), atomically."""
+    header = sequence_to_dict(PoseSequence(frames=(), width=seq.width, height=seq.height, fps=seq.fps))
+    del header["frames"]
+    head = json.dumps(header, separators=(",", ":"))[:-1] + ',"frames":['
+    frames = (
+        json.dumps({"frame_index": idx, **frame_to_dict(f, seq.width, seq.height)}, separators=(",", ":"))
+        for idx, f in zip(seq.frame_indices, seq.frames)
+    )
+
+    def chunks():
+        yield head
+        for k, text in enumerate(frames):
+            yield ("," if k else "") + text
+        yield "]}"
+
+    _write_text(Path(path), chunks())
     return Path(path)
 
 

@@ -58,8 +58,6 @@ _FACE_FROM_MESH: tuple[tuple[int, ...], ...] = (
     (61,), (39,), (37,), (0,), (267,), (269,), (291,), (321,), (314,), (17,), (84,), (91,),
     (78,), (82,), (13,), (312,), (308,), (317,), (14,), (87,),
 )
-assert len(_FACE_FROM_MESH) == NUM_FACE
-
 _SHIPPED_COMPLEXITY = 1
 _POSE_MODEL_FILES = {0: "pose_landmark_lite.tflite", 1: "pose_landmark_full.tflite", 2: "pose_landmark_heavy.tflite"}
 

@@ -73,6 +73,13 @@ def test_keypoints_follow_known_affine_transforms(request, photo_name, static):
         assert means[group] < bound, (group, means[group])
 
 
+def test_face_table_covers_the_68_points_with_mesh_vertices():
+    from pose.detect.mediapipe import _BODY_FROM_MP, _FACE_FROM_MESH
+
+    assert len(_FACE_FROM_MESH) == 68 and all(0 <= v < 468 for idx in _FACE_FROM_MESH for v in idx)
+    assert sorted(_BODY_FROM_MP) == [j for j in range(18) if j != NECK]
+
+
 def test_mapping_to_openpose_layout(mp_image_detector, astronaut):
     (p,) = mp_image_detector.detect(astronaut)
     body = p.body
