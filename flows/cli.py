@@ -37,7 +37,9 @@ def poses_command(
     max_frames: Annotated[int | None, typer.Option(min=1, help="Use at most this many driving frames.")] = None,
     height: Annotated[int, typer.Option(min=16, help="Output height in pixels.")] = 1024,
     width: Annotated[int, typer.Option(min=16, help="Output width in pixels.")] = 576,
-    align: Annotated[str, typer.Option(help="Alignment: retarget (per-bone), linear (reference) or none.")] = "retarget",
+    align: Annotated[
+        str, typer.Option(help="Alignment: retarget (per-bone), linear (the reference's fit) or none.")
+    ] = "retarget",
     root_motion: Annotated[
         str, typer.Option(help="retarget: body travel scaled by body size (body), frame size (frame), or none.")
     ] = "body",

@@ -123,7 +123,8 @@ class Mp4Writer:
                 f"got {image.shape} {image.dtype}"
             )
         if (self._stream.height, self._stream.width) != image.shape[:2]:
-            image = np.pad(image, ((0, self._stream.height - self.height), (0, self._stream.width - self.width), (0, 0)))
+            pad = ((0, self._stream.height - self.height), (0, self._stream.width - self.width), (0, 0))
+            image = np.pad(image, pad)
         frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         for packet in self._stream.encode(frame):
             self._container.mux(packet)

@@ -16,8 +16,9 @@ Methods:
   one) it sits on the reference's root, and follows the driving person's motion: scaled by the
   global body-size ratio (`root_motion="body"`, like the linear fit: a close-up character
   moves as far in body lengths as the driver, so may leave the frame), by the frame-size ratio
-  (`"frame"`: the same fraction of the frame), or not at all (`"none"`: dancing in place). Hands are scaled by the palm-size ratio and attached to the wrists,
-  the face by the eye-distance ratio and attached to the nose. Bones the reference does not show
+  (`"frame"`: the same fraction of the frame), or not at all (`"none"`: dancing in place).
+  Hands are scaled by the palm-size ratio and attached to the wrists, the face by the
+  eye-distance ratio and attached to the nose. Bones the reference does not show
   (legs of a waist-up portrait) use the global ratio.
 - `linear`: the reference pipeline's whole-clip linear fit, kept for parity:
   `y_ref ~ a_y * y_drive + b_y` by least squares over the body points found on the reference
@@ -223,8 +224,10 @@ def _palm(points: np.ndarray, present_score: float) -> np.ndarray:
 
 
 def _eye_distance(face: np.ndarray, present_score: float) -> np.ndarray:
-    ok = (face[..., _RIGHT_EYE_POINTS, 2] > present_score).all(-1) & (face[..., _LEFT_EYE_POINTS, 2] > present_score).all(-1)
-    d = np.linalg.norm(face[..., _RIGHT_EYE_POINTS, :2].mean(-2) - face[..., _LEFT_EYE_POINTS, :2].mean(-2), axis=-1)
+    """Distance between the eye centres of faces (..., 68, 3); NaN unless all eye points are found."""
+    right, left = face[..., _RIGHT_EYE_POINTS, :], face[..., _LEFT_EYE_POINTS, :]
+    ok = (right[..., 2] > present_score).all(-1) & (left[..., 2] > present_score).all(-1)
+    d = np.linalg.norm(right[..., :2].mean(-2) - left[..., :2].mean(-2), axis=-1)
     return np.where(ok, d, np.nan)
 
 
@@ -239,12 +242,19 @@ def _rest(values: np.ndarray, percentile: float) -> np.ndarray:
     return out
 
 
+def _rest_1d(values: np.ndarray, percentile: float) -> float:
+    return float(_rest(values[:, None], percentile)[0])
+
+
+def _nanmax(values) -> float:
+    arr = np.asarray(list(values), dtype=np.float64)
+    return float(np.nanmax(arr)) if np.isfinite(arr).any() else np.nan
+
+
 def _nanmax_pair(values: np.ndarray, pairs) -> np.ndarray:
     out = values.copy()
     for i, j in pairs:
-        both = np.array([values[i], values[j]])
-        m = np.nan if np.all(np.isnan(both)) else np.nanmax(both)
-        out[i] = out[j] = m
+        out[i] = out[j] = _nanmax([values[i], values[j]])
     return out
 
 
@@ -266,7 +276,9 @@ def plan_retarget(
         raise NoPersonError(f"retargeting: no person in any of the {len(driving)} driving frames")
     ref_body, drive_body = ref[BODY_SLICE], drive[usable][:, BODY_SLICE]
     if not (ref_body[:, 2] > thr).any():
-        raise NoPersonError("retargeting: the reference pose has no body joint; is there a person in the reference image?")
+        raise NoPersonError(
+            "retargeting: the reference pose has no body joint; is there a person in the reference image?"
+        )
 
     ref_len = _lengths(ref_body, ref_body[:, 2] > thr, BONES)
     drive_len = _rest(_lengths(drive_body, drive_body[..., 2] > thr, BONES), config.rest_percentile)
@@ -283,26 +295,27 @@ def plan_retarget(
         )
     ratios = np.where(np.isfinite(raw), raw, body_ratio)
 
-    hands = {}
-    for side, sl, forearm in (("left", LEFT_HAND_SLICE, 5), ("right", RIGHT_HAND_SLICE, 2)):
-        hands[side] = (_palm(ref[sl], thr), float(_rest(_palm(drive[usable][:, sl], thr)[:, None], config.rest_percentile)[0]), ratios[forearm])
+    hand_slices = {"left": LEFT_HAND_SLICE, "right": RIGHT_HAND_SLICE}
+    forearms = {"left": BONES.index((L_ELBOW, L_WRIST)), "right": BONES.index((R_ELBOW, R_WRIST))}
+    ref_palm = {side: float(_palm(ref[sl], thr)) for side, sl in hand_slices.items()}
+    drive_palm = {side: _rest_1d(_palm(drive[usable][:, sl], thr), config.rest_percentile)
+                  for side, sl in hand_slices.items()}
     if config.symmetric:
-        ref_palm = np.nanmax([hands["left"][0], hands["right"][0]]) if np.isfinite([hands["left"][0], hands["right"][0]]).any() else np.nan
-        drive_palm = np.nanmax([hands["left"][1], hands["right"][1]]) if np.isfinite([hands["left"][1], hands["right"][1]]).any() else np.nan
-        hand_ratio = {s: _ratio(ref_palm, drive_palm, hands[s][2]) for s in hands}
-    else:
-        hand_ratio = {s: _ratio(hands[s][0], hands[s][1], hands[s][2]) for s in hands}
+        ref_palm = dict.fromkeys(ref_palm, _nanmax(ref_palm.values()))
+        drive_palm = dict.fromkeys(drive_palm, _nanmax(drive_palm.values()))
+    hand_ratio = {side: _ratio(ref_palm[side], drive_palm[side], ratios[forearms[side]]) for side in hand_slices}
     head = ratios[list(HEAD_BONES)].mean()
     face_ratio = _ratio(
         float(_eye_distance(ref[FACE_SLICE], thr)),
-        float(_rest(_eye_distance(drive[usable][:, FACE_SLICE], thr)[:, None], config.rest_percentile)[0]),
+        _rest_1d(_eye_distance(drive[usable][:, FACE_SLICE], thr), config.rest_percentile),
         float(head),
     )
 
     # Anchor: the first root joint found both on the reference and in the anchor frame.
-    frames = np.flatnonzero(usable) if config.anchor_frame is None else [config.anchor_frame]
-    if config.anchor_frame is not None and not (0 <= config.anchor_frame < len(driving) and usable[config.anchor_frame]):
-        raise PoseInputError(f"anchor_frame={config.anchor_frame} is out of range or a missing frame")
+    anchor = config.anchor_frame
+    if anchor is not None and not (0 <= anchor < len(driving) and usable[anchor]):
+        raise PoseInputError(f"anchor_frame={anchor} is out of range or a missing frame")
+    frames = np.flatnonzero(usable) if anchor is None else [anchor]
     root_scale = {
         "body": (body_ratio, body_ratio),
         "frame": (width / driving.width, height / driving.height),

@@ -44,7 +44,9 @@ def detect_frames(
         if size is None:
             size = image.shape[:2]
         elif image.shape[:2] != size:
-            raise PoseInputError(f"{source} frame {index}: size {image.shape[:2]} differs from the first frame's {size}")
+            raise PoseInputError(
+                f"{source} frame {index}: size {image.shape[:2]} differs from the first frame's {size}"
+            )
         people = detector.detect(image)
         pose = tracker.select(people, size[1], size[0])
         poses.append(pose)

@@ -204,3 +204,17 @@ def test_root_motion_modes(root_motion, expected_scale):
     assert np.abs(_bone_lengths(out[-1], OUT_W, OUT_H) / ref_len - 1).max() < 0.01
     with pytest.raises(PoseInputError, match="root_motion must be one of"):
         RetargetConfig(root_motion="teleport")
+
+
+def test_hands_without_a_reference_hand_scale_like_the_forearm():
+    full = _reference(scale=3.0)
+    kp = full.keypoints.copy()
+    kp[18:60] = 0.0  # the reference photo shows no hands
+    ref = PoseFrame.from_keypoints(kp)
+    drive = sequence([full_frame((960, 300), DRV_W, DRV_H, scale=1.5, palm=10.0)] * 3, DRV_W, DRV_H)
+    plan = plan_retarget(drive, ref, width=OUT_W, height=OUT_H)
+    assert plan.left_hand_ratio == pytest.approx(plan.bone_ratios[5]) and plan.bone_ratios[5] == pytest.approx(2.0)
+    out = retarget(drive, ref, width=OUT_W, height=OUT_H)
+    hand_out, hand_drv = _px(out[0], OUT_W, OUT_H)[18:39], _px(drive[0], DRV_W, DRV_H)[18:39]
+    np.testing.assert_allclose(hand_out - hand_out[0], (hand_drv - hand_drv[0]) * 2.0, atol=1e-3)
+    np.testing.assert_allclose(hand_out[0], _px(out[0], OUT_W, OUT_H)[L_WRIST], atol=1e-3)  # on the wrist
