@@ -107,9 +107,9 @@ def main() -> None:
         fps, _ = throughput(lambda _: render_pose(pose, height, width), [None] * n, args.warmup)
         rows.append(("render_pose", f"{width}x{height} out", fps, args.frames))
 
-    print(f"\n{'what':60s} {'frames':>14s} {'fps':>8s}  person found")
+    print(f"\n{'what':74s} {'frames':>14s} {'fps':>8s}  person found")
     for what, label, fps, found in rows:
-        print(f"{what:60s} {label:>14s} {fps:8.1f}  {found}/{args.frames}")
+        print(f"{what:74s} {label:>14s} {fps:8.1f}  {found}/{args.frames}")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def poses_command(
         str, typer.Option(help="retarget: body travel scaled by body size (body), frame size (frame), or none.")
     ] = "body",
     smooth: Annotated[bool, typer.Option(help="Temporal smoothing (One Euro, zero lag).")] = True,
-    max_gap: Annotated[int, typer.Option(min=0, help="Longest detection gap (in used frames) to interpolate.")] = 4,
+    max_gap: Annotated[int, typer.Option(min=0, help="Longest detection gap (in sampled frames) to interpolate.")] = 4,
     preview: Annotated[bool, typer.Option(help="Write preview.mp4.")] = True,
     preview_height: Annotated[int, typer.Option(min=16, help="Height of each preview panel.")] = 512,
     per_frame_json: Annotated[bool, typer.Option(help="Also write one OpenPose file per aligned frame.")] = False,
