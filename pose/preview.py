@@ -1,0 +1,210 @@
+"""The `poses` command's logic: detect, smooth, align, write the pose JSON and a preview video.
+
+The preview shows, side by side, each driving frame with its detected skeleton and the
+reference image with the aligned skeleton the model will be given, so alignment can be
+checked before spending GPU time. The clip is decoded twice (detect, then draw); no more than
+one frame is held at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pose import openpose_json
+from pose.align import ALIGN_METHODS, ROOT_MOTIONS, RetargetConfig, align_poses
+from pose.detect import make_detector
+from pose.errors import PoseInputError, require
+from pose.extract import detect_clip, detect_reference, prepare_reference
+from pose.render import RenderStyle, overlay, render_pose
+from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
+from pose.types import PoseSequence
+
+REFERENCE_JSON = "reference_pose.json"
+DRIVING_JSON = "driving_poses.json"
+ALIGNED_JSON = "aligned_poses.json"
+PREVIEW_MP4 = "preview.mp4"
+REFERENCE_PNG = "reference_crop.png"
+PREVIEW_STYLE = RenderStyle(interpolation="area")  # antialiased strokes read better in a preview
+
+
+@dataclass(frozen=True)
+class PosePreviewResult:
+    out_dir: Path
+    reference_json: Path
+    driving_json: Path
+    aligned_json: Path
+    preview: Path | None
+    frames: int
+    missing_frames: tuple[int, ...]  # source frame indices with no pose after gap filling
+    filled_frames: tuple[int, ...]
+    multi_person_frames: tuple[int, ...]
+    per_frame_dir: Path | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def _panel(image: np.ndarray, height: int) -> np.ndarray:
+    cv2 = require("cv2", "The pose preview")
+    h, w = image.shape[:2]
+    width = max(2, round(w * height / h))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _label(panel: np.ndarray, text: str) -> None:
+    cv2 = require("cv2", "The pose preview")
+    cv2.putText(panel, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+
+
+def _frame_list(seq: PoseSequence, flag: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i, f in zip(seq.frame_indices, flag) if f)
+
+
+def make_pose_preview(
+    driving: str | Path,
+    reference: str | Path,
+    out_dir: str | Path,
+    *,
+    backend: str = "mediapipe",
+    det_model: str | Path | None = None,
+    pose_model: str | Path | None = None,
+    device: str = "auto",
+    stride: int = 2,
+    max_frames: int | None = None,
+    height: int = 1024,
+    width: int = 576,
+    align: str = "retarget",
+    root_motion: str = "body",
+    max_gap: int = DEFAULT_MAX_GAP,
+    smoothing: SmoothingConfig | None = SmoothingConfig(),
+    preview: bool = True,
+    preview_height: int = 512,
+    per_frame_json: bool = False,
+    progress: bool = True,
+) -> PosePreviewResult:
+    """Detect poses on the reference image (resized to cover height x width and centre-cropped)
+    and on every stride-th driving frame, fill detection gaps of up to max_gap frames, smooth
+    (smoothing=None: no smoothing), align to the reference with `align` (for "retarget",
+    `root_motion` says how the body's travel is scaled, see `RetargetConfig`), and write to
+    out_dir:
+
+    reference_pose.json (one frame, output-frame pixels), driving_poses.json (smoothed,
+    driving-frame pixels), aligned_poses.json (output-frame pixels: what gets rendered),
+    reference_crop.png, preview.mp4 (if `preview`), and with `per_frame_json` one OpenPose file
+    per aligned frame under aligned/.
+    """
+    if align not in ALIGN_METHODS:
+        raise PoseInputError(f"align must be one of {', '.join(ALIGN_METHODS)}, got {align!r}")
+    if root_motion not in ROOT_MOTIONS:
+        raise PoseInputError(f"root_motion must be one of {', '.join(ROOT_MOTIONS)}, got {root_motion!r}")
+    if align != "retarget" and root_motion != "body":
+        raise PoseInputError(f"root_motion applies to align='retarget' only, not {align!r}")
+    for name, v in (("height", height), ("width", width), ("preview_height", preview_height)):
+        if int(v) != v or v < 16:
+            raise PoseInputError(f"{name} must be an integer >= 16, got {v!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    ref_image = prepare_reference(reference, height=height, width=width)
+    ref_detector = make_detector(backend, video=False, det_model=det_model, pose_model=pose_model, device=device)
+    try:
+        ref_pose = detect_reference(ref_image, ref_detector, source=str(reference))
+    finally:
+        ref_detector.close()
+    clip_detector = make_detector(backend, video=True, det_model=det_model, pose_model=pose_model, device=device)
+    try:
+        detected = detect_clip(driving, clip_detector, stride=stride, max_frames=max_frames, progress=progress)
+    finally:
+        clip_detector.close()
+    smoothed = fill_gaps(detected, max_gap)
+    if smoothing is not None:
+        smoothed = smooth_sequence(smoothed, smoothing)
+    config = RetargetConfig(root_motion=root_motion) if align == "retarget" else RetargetConfig()
+    aligned = align_poses(smoothed, ref_pose, width=width, height=height, method=align, retarget_config=config)
+
+    from PIL import Image
+
+    Image.fromarray(ref_image).save(out_dir / REFERENCE_PNG)
+    ref_json = openpose_json.write_frame(ref_pose, out_dir / REFERENCE_JSON, width, height)
+    drv_json = openpose_json.write_sequence(smoothed, out_dir / DRIVING_JSON)
+    aln_json = openpose_json.write_sequence(aligned, out_dir / ALIGNED_JSON)
+    per_frame_dir = None
+    if per_frame_json:
+        per_frame_dir = out_dir / "aligned"
+        openpose_json.write_frames(aligned, per_frame_dir)
+
+    preview_path = None
+    if preview:
+        preview_path = write_preview(
+            driving, ref_image, smoothed, aligned, out_dir / PREVIEW_MP4,
+            stride=stride, max_frames=max_frames, panel_height=preview_height, progress=progress,
+        )
+    notes = []
+    if backend == "mediapipe":
+        notes.append("mediapipe finds at most one person per frame (its most prominent one)")
+    return PosePreviewResult(
+        out_dir=out_dir, reference_json=ref_json, driving_json=drv_json, aligned_json=aln_json,
+        preview=preview_path, frames=len(aligned),
+        missing_frames=_frame_list(aligned, aligned.missing),
+        filled_frames=_frame_list(aligned, aligned.filled),
+        multi_person_frames=tuple(i for i, f in zip(detected.frame_indices, detected.frames) if f.detected_people > 1),
+        per_frame_dir=per_frame_dir, notes=tuple(notes),
+    )
+
+
+def write_preview(
+    driving: str | Path,
+    reference_image: np.ndarray,
+    detected: PoseSequence,
+    aligned: PoseSequence,
+    path: str | Path,
+    *,
+    stride: int,
+    max_frames: int | None,
+    panel_height: int = 512,
+    progress: bool = True,
+) -> Path:
+    """Side-by-side preview: driving frame + detected skeleton | reference + aligned skeleton.
+
+    Streams the clip again; frames without a pose are marked "no pose".
+    """
+    from pose._video import Mp4Writer, iter_frames
+
+    ref_h, ref_w = reference_image.shape[:2]
+    if (aligned.width, aligned.height) != (ref_w, ref_h):
+        raise PoseInputError(
+            f"aligned poses are for {aligned.width}x{aligned.height} but the reference image is {ref_w}x{ref_h}"
+        )
+    by_index = {idx: k for k, idx in enumerate(detected.frame_indices)}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(detected), desc="preview", unit="frame")
+    writer = None
+    try:
+        for index, image in iter_frames(driving, stride=stride, max_frames=max_frames):
+            k = by_index.get(index)
+            if k is None:
+                continue
+            h, w = image.shape[:2]
+            left = _panel(overlay(image, render_pose(detected[k], h, w, PREVIEW_STYLE)), panel_height)
+            right = _panel(overlay(reference_image, render_pose(aligned[k], ref_h, ref_w, PREVIEW_STYLE)), panel_height)
+            status = "no pose" if aligned[k].missing else ("filled" if aligned[k].filled else "")
+            _label(left, f"driving frame {index} {status}".strip())
+            _label(right, "aligned on reference")
+            canvas = np.concatenate([left, right], axis=1)
+            if writer is None:
+                writer = Mp4Writer(path, detected.fps, canvas.shape[1], canvas.shape[0])
+            writer.write(canvas)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if writer is not None:
+            writer.close()
+        if bar is not None:
+            bar.close()
+    if writer is None:
+        raise PoseInputError(f"{driving}: no frames decoded for the preview")
+    return Path(path)

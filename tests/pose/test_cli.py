@@ -1,0 +1,67 @@
+"""The `poses` command end to end: real detection on a synthetic clip, JSON and preview out."""
+
+import json
+
+import av
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pose import openpose_json
+from pose.preview import make_pose_preview
+
+
+def _reference(tmp_path, photo):
+    path = tmp_path / "ref.png"
+    Image.fromarray(photo).save(path)
+    return path
+
+
+def test_poses_command_writes_json_and_a_side_by_side_preview(tmp_path, walking_clip, astronaut):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "poses", "--driving", str(walking_clip), "--reference", str(_reference(tmp_path, astronaut)),
+        "--out", str(out), "--stride", "1", "--height", "448", "--width", "256",
+        "--preview-height", "224", "--per-frame-json",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "12 pose frames written" in result.output
+    assert "frames filled (interpolated): 5, 6" in result.output
+
+    aligned = openpose_json.read_sequence(out / "aligned_poses.json")
+    driving = openpose_json.read_sequence(out / "driving_poses.json")
+    assert (aligned.width, aligned.height) == (256, 448) and (driving.width, driving.height) == (384, 384)
+    assert len(aligned) == 12 and aligned.fps == 30 and not aligned.missing.any()
+    reference = openpose_json.read_frame(out / "reference_pose.json")
+    # frame 0 is anchored on the reference's neck
+    np.testing.assert_allclose(aligned[0].body[1, :2], reference.body[1, :2], atol=1e-5)
+    assert len(list((out / "aligned").glob("*_keypoints.json"))) == 12
+    assert json.loads((out / "aligned" / "frame_000000000005_keypoints.json").read_text())["controlnext_video"]["filled"]
+
+    with av.open(str(out / "preview.mp4")) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == 12
+    assert frames[0].shape == (224, 224 + 128, 3)  # driving panel 224x224 | reference panel 128x224
+
+
+def test_linear_alignment_and_no_smoothing_via_the_function(tmp_path, walking_clip, astronaut):
+    result = make_pose_preview(
+        walking_clip, _reference(tmp_path, astronaut), tmp_path / "lin", stride=2, height=448, width=256,
+        align="linear", smoothing=None, preview=False, progress=False,
+    )
+    assert result.preview is None and result.frames == 6
+    assert result.missing_frames == () and result.filled_frames == (6,)
+
+
+def test_errors_are_reported_without_a_traceback(tmp_path, walking_clip):
+    wall = tmp_path / "wall.png"
+    Image.fromarray(np.full((300, 200, 3), 90, np.uint8)).save(wall)
+    result = CliRunner().invoke(app, ["poses", "--driving", str(walking_clip), "--reference", str(wall),
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "wall.png: no person detected" in result.output
+    result = CliRunner().invoke(app, ["poses", "--driving", str(walking_clip), "--reference", str(wall),
+                                      "--out", str(tmp_path / "o"), "--align", "sideways"])
+    assert result.exit_code == 2 and "align must be one of retarget, linear, none" in result.output
