@@ -16,7 +16,6 @@ _LAZY = {
     "WindowPlan": "controlnext_video.windows",
     "Window": "controlnext_video.windows",
     "WeightsError": "controlnext_video.weights",
-    "prepare_reference": "controlnext_video.images",
 }
 
 __all__ = sorted(_LAZY)

@@ -255,7 +255,7 @@ class ControlNeXtSVDPipeline:
         if ref.shape[:2] != (height, width):
             raise ValueError(
                 f"reference is {ref.shape[1]}x{ref.shape[0]} (WxH) but the output size is {width}x{height}: "
-                "resize and crop it first (controlnext_video.prepare_reference)"
+                "resize it to cover the output size and center-crop it first (pose.extract.prepare_reference does)"
             )
         if poses is None or len(poses) == 0:
             raise ValueError("poses is empty: give at least the reference pose (poses[0])")

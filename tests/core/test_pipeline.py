@@ -196,15 +196,3 @@ def test_cpu_offload_gives_the_same_result(tiny_pipe):
     finally:
         tiny_pipe.to("cpu")
     assert torch.equal(plain, offloaded)
-
-
-def test_prepare_reference_covers_and_crops():
-    from PIL import Image
-
-    from controlnext_video import prepare_reference
-
-    wide = Image.fromarray(np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (100, 1, 3)))
-    out = prepare_reference(wide, height=64, width=32)
-    assert out.size == (32, 64)
-    # the middle of the source stays in the middle
-    assert abs(int(np.asarray(out)[32, 16, 0]) - 100) <= 3
