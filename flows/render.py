@@ -1,0 +1,163 @@
+"""The `render` flow: a reference image and a driving clip in, the animated clip out.
+
+Stages run as tasks that pass store keys and small records: ingest, poses (cached by clip content
+and settings), align, plan, render segments (fanned out in-process or to GPU workers), blend,
+encode, report. Re-running a job reuses everything already written, so a crash, a cancel or a
+lost worker costs only unfinished segments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run as current_run
+
+from . import stages
+from .dispatch import DeploymentDispatcher, LocalDispatcher, drive_segments
+from .progress import ProgressReporter
+from .report import write_report
+from .request import RenderRequest
+from .segment import render_segment
+
+# Retries are for I/O hiccups; a bad input fails at once.
+IO_RETRIES = 2
+
+
+def _retry_io(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except (stages.JobInputError, ValueError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+stage_task = dict(cache_policy=NO_CACHE, retries=IO_RETRIES, retry_delay_seconds=2, retry_condition_fn=_retry_io)
+
+
+@task(name="ingest", **stage_task)
+def ingest_task(request: RenderRequest) -> stages.IngestResult:
+    return stages.ingest(request)
+
+
+@task(name="poses", **stage_task)
+def poses_task(store: str, job_id: str, ingest_result: stages.IngestResult) -> str:
+    job = stages.JobContext.open(store, job_id)
+    reporter = ProgressReporter(f"{job_id}-poses", "pose detection")
+    return stages.detect_poses(job, ingest_result, lambda done, total: reporter.update(done / max(total, 1)))
+
+
+@task(name="align", **stage_task)
+def align_task(store: str, job_id: str, ingest_result: stages.IngestResult) -> dict:
+    job = stages.JobContext.open(store, job_id)
+    frames = stages.align(job)
+    preview = stages.write_pose_preview(job, ingest_result)
+    return dict(frames=frames, pose_preview=preview)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan_task(store: str, job_id: str, num_frames: int) -> list[list[int]]:
+    job = stages.JobContext.open(store, job_id)
+    return [[s.index, s.start, s.stop] for s in stages.plan(job, num_frames).segments]
+
+
+@task(name="blend", **stage_task)
+def blend_task(store: str, job_id: str) -> str:
+    job = stages.JobContext.open(store, job_id)
+    segment_plan = stages.load_plan(job)
+    reporter = ProgressReporter(f"{job_id}-blend", "blending segments")
+    return stages.blend(job, segment_plan, lambda done, total: reporter.update(done / total))
+
+
+@task(name="encode", **stage_task)
+def encode_task(store: str, job_id: str, ingest_result: stages.IngestResult, num_frames: int) -> dict:
+    job = stages.JobContext.open(store, job_id)
+    encoded = stages.encode(job, ingest_result, num_frames)
+    encoded["side_by_side"] = stages.write_side_by_side(job, ingest_result, num_frames)
+    return encoded
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(store: str, job_id: str, summary: dict) -> str:
+    job = stages.JobContext.open(store, job_id)
+    return write_report(job, summary)
+
+
+def cancel_segment_runs(flow, flow_run, state) -> None:
+    """On cancellation of a job, cancel its segment runs (Prefect does not cascade to deployment runs)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterTags
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"parent:{flow_run.id}"]),
+            state=FlowRunFilterState(type={"any_": ["PENDING", "SCHEDULED", "RUNNING"]}),
+        ))
+        for run in runs:
+            client.set_flow_run_state(run.id, Cancelling(message="the job was cancelled"), force=True)
+
+
+def _run_name() -> str:
+    request = current_run.parameters.get("request")
+    driving = request.get("driving", "") if isinstance(request, dict) else getattr(request, "driving", "")
+    return "render-" + (driving.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "job")
+
+
+def render_segments(request: RenderRequest, job_id: str, segments: list[list[int]]) -> dict[int, int]:
+    """Fan the segments out (in-process or to the GPU pool) and wait until all are rendered."""
+    logger = get_run_logger()
+    job = stages.JobContext.open(request.store, job_id)
+    parent_id = str(current_run.id or "")
+    reporter = ProgressReporter(f"{job_id}-progress", f"job {job_id}: segments rendered")
+    if request.dispatch == "local":
+        dispatcher = LocalDispatcher(
+            lambda segment, attempt: render_segment(request.store, job_id, segment, attempt, ""))
+        poll = 0.0
+    else:
+        dispatcher = DeploymentDispatcher(
+            deployment=request.segment_deployment,
+            parameters=lambda segment, attempt: dict(store=request.store, job_id=job_id, segment=segment,
+                                                     attempt=attempt, parent_flow_run_id=parent_id),
+            job_id=job_id, work_queue_name=request.priority, extra_tags=(f"parent:{parent_id}",),
+        )
+        poll = min(2.0, request.stale_after_seconds / 10)
+    return drive_segments(
+        [s[0] for s in segments], dispatcher,
+        is_done=lambda k: stages.segment_done(job, k), heartbeat=lambda k: stages.read_heartbeat(job, k),
+        max_in_flight=request.max_in_flight, max_attempts=request.max_attempts,
+        stale_after=request.stale_after_seconds, poll_seconds=poll,
+        on_progress=lambda done, total: reporter.update(done / total, f"{done}/{total} segments rendered"),
+        log=logger.info,
+    )
+
+
+@flow(name="render", flow_run_name=_run_name, on_cancellation=[cancel_segment_runs], log_prints=True)
+def render(request: RenderRequest) -> dict:
+    """Animate `request.reference` with the motion of `request.driving`."""
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - start, 3)
+        return result
+
+    ingest_result = timed("ingest", ingest_task, request)
+    job_id, store = ingest_result.job_id, request.store
+    get_run_logger().info("job %s: %s frames at %s fps", job_id, ingest_result.num_frames, ingest_result.output_fps)
+    timed("poses", poses_task, store, job_id, ingest_result)
+    aligned = timed("align", align_task, store, job_id, ingest_result)
+    segments = timed("plan", plan_task, store, job_id, aligned["frames"])
+    attempts = timed("render", render_segments, request, job_id, segments)
+    timed("blend", blend_task, store, job_id)
+    encoded = timed("encode", encode_task, store, job_id, ingest_result, aligned["frames"])
+    summary = dict(job_id=job_id, ingest=asdict(ingest_result), timings=timings, attempts=attempts,
+                   segments=segments, encoded=encoded, pose_preview=aligned["pose_preview"],
+                   flow_run_id=str(current_run.id or ""))
+    summary["report"] = report_task(store, job_id, summary)
+    return summary
