@@ -5,8 +5,10 @@ Nothing heavy is imported here: PyAV and decord are imported when a function nee
 """
 
 from .decode import Backend, iter_frames, planned_frame_count
+from .encode import Codec, EncodedVideo, VideoWriter, write_video
 from .errors import VideoError
 from .fit import Fit, fit_frame
+from .preview import write_side_by_side
 from .probe import AudioStreamInfo, VideoInfo, probe
 from .rates import format_rate, output_rate, parse_rate
 from .sequence import SequenceMeta, decode_png, encode_png, frame_name, read_sequence_meta
@@ -14,10 +16,13 @@ from .sequence import SequenceMeta, decode_png, encode_png, frame_name, read_seq
 __all__ = [
     "AudioStreamInfo",
     "Backend",
+    "Codec",
+    "EncodedVideo",
     "Fit",
     "SequenceMeta",
     "VideoError",
     "VideoInfo",
+    "VideoWriter",
     "decode_png",
     "encode_png",
     "fit_frame",
@@ -29,4 +34,6 @@ __all__ = [
     "planned_frame_count",
     "probe",
     "read_sequence_meta",
+    "write_side_by_side",
+    "write_video",
 ]

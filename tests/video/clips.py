@@ -131,12 +131,29 @@ def make_clip(
     return path
 
 
-def make_tone_file(path: Path, seconds: float, rate: int = 44100, hz: float = 440.0) -> Path:
-    """A WAV file holding a stereo sine tone."""
+def make_tone_file(
+    path: Path, seconds: float, rate: int = 44100, hz: float = 440.0, lead_silence: float = 0.0
+) -> Path:
+    """A WAV file: ``lead_silence`` seconds of silence, then a stereo sine tone of ``seconds``."""
+    samples = tone(seconds, rate, hz)
+    samples = np.concatenate([np.zeros((2, round(lead_silence * rate)), np.float32), samples], axis=1)
     with av.open(str(path), "w", format="wav") as container:
         stream = container.add_stream("pcm_s16le", rate=rate, layout="stereo")
-        _mux_audio(container, stream, tone(seconds, rate, hz), rate)
+        _mux_audio(container, stream, samples, rate)
     return path
+
+
+def loud(samples: np.ndarray, rate: int, window: float = 0.01) -> np.ndarray:
+    """Per-window flag: RMS above -30 dBFS. Shapes: (channels, n) -> (n // window_samples,) bool."""
+    size = round(window * rate)
+    mono = samples.mean(axis=0)[: samples.shape[1] // size * size].reshape(-1, size)
+    return np.sqrt((mono**2).mean(axis=1)) > 10 ** (-30 / 20)
+
+
+def dominant_hz(samples: np.ndarray, rate: int) -> float:
+    """Frequency of the strongest spectral peak of the first channel."""
+    spectrum = np.abs(np.fft.rfft(samples[0]))
+    return float(np.fft.rfftfreq(samples.shape[1], 1 / rate)[spectrum.argmax()])
 
 
 def decode_audio(path: Path) -> tuple[np.ndarray, int]:
