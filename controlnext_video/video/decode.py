@@ -25,7 +25,7 @@ import numpy as np
 
 from ._deps import import_av, import_decord
 from .errors import VideoError
-from .fit import Fit, check_fit, check_size, fit_frame
+from .fit import RESIZE_FILTER, Fit, FitPlan, check_fit, check_size, fit_frame, place, plan_fit
 from .probe import VideoInfo, probe
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,12 @@ def iter_frames(
     path = Path(path)
     info = probe(path) if info is None else info
     total = planned_frame_count(info, stride, max_frames)
+    plan = None if size is None else plan_fit((info.height, info.width), size, fit)
     if path.is_dir():
-        frames = _sequence_frames(path, stride, total)
+        frames = _sequence_frames(path, stride, total, plan)
     else:
-        frames = _video_frames(path, info, stride, total, backend)
-    return _deliver(frames, path, total, size, fit, progress)
+        frames = _video_frames(path, info, stride, total, backend, plan)
+    return _deliver(frames, path, total, progress)
 
 
 def _check_stride(stride: int, max_frames: int | None) -> None:
@@ -106,17 +107,12 @@ def _check_stride(stride: int, max_frames: int | None) -> None:
 
 
 def _deliver(
-    frames: Iterator[np.ndarray],
-    path: Path,
-    total: int,
-    size: tuple[int, int] | None,
-    fit: Fit,
-    progress: Progress | None,
+    frames: Iterator[np.ndarray], path: Path, total: int, progress: Progress | None
 ) -> Iterator[np.ndarray]:
     done = 0
     try:
         for frame in frames:
-            yield frame if size is None else fit_frame(frame, size, fit)
+            yield frame
             done += 1
             if progress is not None:
                 progress(done, total)
@@ -149,7 +145,13 @@ class _DecordUnusable(Exception):
     """decord cannot be trusted with this file; PyAV decodes it instead."""
 
 
-def _video_frames(path: Path, info: VideoInfo, stride: int, total: int, backend: str) -> Iterator[np.ndarray]:
+def _fitted(frame: np.ndarray, plan: FitPlan | None) -> np.ndarray:
+    return frame if plan is None else fit_frame(frame, plan.size, plan.fit)
+
+
+def _video_frames(
+    path: Path, info: VideoInfo, stride: int, total: int, backend: str, plan: FitPlan | None
+) -> Iterator[np.ndarray]:
     if backend != "pyav":
         try:
             reader = _open_decord(path, info)
@@ -158,9 +160,9 @@ def _video_frames(path: Path, info: VideoInfo, stride: int, total: int, backend:
                 raise VideoError(path, f"decord cannot decode this file: {exc}") from exc
             logger.info("%s: decoding with PyAV (%s)", path, exc)
         else:
-            yield from _decord_frames(reader, path, info, stride, total)
+            yield from _decord_frames(reader, path, info, stride, total, plan)
             return
-    yield from _pyav_frames(path, info, stride, total)
+    yield from _pyav_frames(path, info, stride, total, plan)
 
 
 def _open_decord(path: Path, info: VideoInfo) -> Any:
@@ -183,7 +185,9 @@ def _open_decord(path: Path, info: VideoInfo) -> Any:
     return reader
 
 
-def _decord_frames(reader: Any, path: Path, info: VideoInfo, stride: int, total: int) -> Iterator[np.ndarray]:
+def _decord_frames(
+    reader: Any, path: Path, info: VideoInfo, stride: int, total: int, plan: FitPlan | None
+) -> Iterator[np.ndarray]:
     """decord applies the display rotation itself (checked against the probe on open)."""
     if info.is_vfr:
         starts = reader.get_frame_timestamp(list(range(len(reader))))[:, 0].astype(np.float64)
@@ -198,20 +202,29 @@ def _decord_frames(reader: Any, path: Path, info: VideoInfo, stride: int, total:
             yield last_frame.copy()
             continue
         try:
-            last_frame = reader[index].asnumpy()
+            last_frame = _fitted(reader[index].asnumpy(), plan)
         except Exception as exc:
             raise VideoError(path, f"decord failed at source frame {index}: {exc}") from exc
         last_index = index
         yield last_frame
 
 
-def _pyav_frames(path: Path, info: VideoInfo, stride: int, total: int) -> Iterator[np.ndarray]:
+def _pyav_frames(
+    path: Path, info: VideoInfo, stride: int, total: int, plan: FitPlan | None
+) -> Iterator[np.ndarray]:
     av = import_av()
     turns = info.rotation // 90
+    scale: dict[str, Any] = {}
+    if plan is not None:
+        # swscale scales while converting to RGB, in the coded (pre-rotation) orientation.
+        height, width = plan.scaled[::-1] if turns % 2 else plan.scaled
+        scale = {"width": width, "height": height, "interpolation": RESIZE_FILTER}
 
     def upright(frame: Any) -> np.ndarray:
-        rgb = frame.to_ndarray(format="rgb24")
-        return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+        rgb = frame.to_ndarray(format="rgb24", **scale)
+        if turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, turns))
+        return rgb if plan is None else place(rgb, plan)
 
     index = -1
     try:
@@ -255,7 +268,7 @@ def _pyav_frames(path: Path, info: VideoInfo, stride: int, total: int) -> Iterat
         raise VideoError(path, f"cannot decode source frame {index + 1} ({exc.strerror or exc})") from exc
 
 
-def _sequence_frames(folder: Path, stride: int, total: int) -> Iterator[np.ndarray]:
+def _sequence_frames(folder: Path, stride: int, total: int, plan: FitPlan | None) -> Iterator[np.ndarray]:
     from .sequence import decode_png, frame_name
 
     for j in range(total):
@@ -264,4 +277,4 @@ def _sequence_frames(folder: Path, stride: int, total: int) -> Iterator[np.ndarr
             data = name.read_bytes()
         except FileNotFoundError as exc:
             raise VideoError(name, "frame of the PNG sequence is missing") from exc
-        yield decode_png(data, name=str(name))
+        yield _fitted(decode_png(data, name=str(name)), plan)

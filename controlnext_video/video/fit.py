@@ -1,15 +1,23 @@
-"""Fit a frame to an output size: center crop, pad (letterbox) or stretch. Pure array in, array out."""
+"""Fit a frame to an output size: center crop, pad (letterbox) or stretch.
+
+The geometry is a pure function (`plan_fit`); the scaling itself runs in FFmpeg's swscale
+(through PyAV), which is 1.5-2x faster than Pillow at these sizes and lets the PyAV decoder
+scale while it converts YUV to RGB.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
+from ._deps import import_av
+
 Fit = Literal["crop", "pad", "stretch"]
 FIT_MODES: tuple[str, ...] = get_args(Fit)
-#: Pillow resampling filter used for every resize (antialiased when shrinking).
-RESAMPLE = "BICUBIC"
+#: swscale filter for every resize (FFmpeg's default; antialiased when shrinking).
+RESIZE_FILTER = "BICUBIC"
 
 
 def check_size(size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -31,38 +39,74 @@ def check_fit(fit: str) -> str:
     return fit
 
 
-def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: Fit = "crop") -> np.ndarray:
-    """Resize ``frame`` to ``size`` = (height, width).
+@dataclass(frozen=True)
+class FitPlan:
+    """Scale a picture to ``scaled`` (height, width), then cut or pad it to ``size``.
 
-    - ``"crop"``: scale to cover the output, then cut the centre (no bars, edges lost).
-    - ``"pad"``: scale to fit inside the output, then center on black bars (nothing lost).
+    ``offset`` is (top, left): for crop, where the output window starts inside the scaled
+    picture; for pad, where the scaled picture starts inside the black output.
+    """
+
+    size: tuple[int, int]
+    scaled: tuple[int, int]
+    offset: tuple[int, int]
+    fit: Fit
+
+
+def plan_fit(source: tuple[int, int], size: tuple[int, int], fit: Fit) -> FitPlan:
+    """How a (height, width) ``source`` reaches ``size`` with ``fit``.
+
+    - ``"crop"``: scale to cover the output, keep the centre (no bars, edges lost);
+    - ``"pad"``: scale to fit inside the output, centre on black bars (nothing lost);
     - ``"stretch"``: scale each axis independently (aspect ratio changes).
+    """
+    src_h, src_w = source
+    out_h, out_w = check_size(size)  # type: ignore[misc]
+    check_fit(fit)
+    if fit == "stretch":
+        return FitPlan((out_h, out_w), (out_h, out_w), (0, 0), fit)
+    if fit == "crop":
+        scale = max(out_h / src_h, out_w / src_w)
+        scaled = (max(out_h, round(src_h * scale)), max(out_w, round(src_w * scale)))
+        return FitPlan((out_h, out_w), scaled, ((scaled[0] - out_h) // 2, (scaled[1] - out_w) // 2), fit)
+    scale = min(out_h / src_h, out_w / src_w)
+    scaled = (min(out_h, max(1, round(src_h * scale))), min(out_w, max(1, round(src_w * scale))))
+    return FitPlan((out_h, out_w), scaled, ((out_h - scaled[0]) // 2, (out_w - scaled[1]) // 2), fit)
+
+
+def place(scaled: np.ndarray, plan: FitPlan) -> np.ndarray:
+    """Crop or pad an already scaled picture as ``plan`` says.
+
+    Shapes: scaled (plan.scaled[0], plan.scaled[1], 3) -> (plan.size[0], plan.size[1], 3).
+    """
+    (out_h, out_w), (top, left) = plan.size, plan.offset
+    if plan.fit == "pad":
+        canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
+        canvas[top : top + scaled.shape[0], left : left + scaled.shape[1]] = scaled
+        return canvas
+    if plan.fit == "crop" and scaled.shape[:2] != plan.size:
+        return np.ascontiguousarray(scaled[top : top + out_h, left : left + out_w])
+    return scaled
+
+
+def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: Fit = "crop") -> np.ndarray:
+    """Resize ``frame`` to ``size`` = (height, width) by center crop, pad or stretch (`plan_fit`).
 
     Shapes: frame (H, W, 3) uint8 -> (size[0], size[1], 3) uint8.
     """
-    from PIL import Image
-
-    out_h, out_w = check_size(size)  # type: ignore[misc]
-    check_fit(fit)
-    src_h, src_w = frame.shape[:2]
-    if (src_h, src_w) == (out_h, out_w):
+    plan = plan_fit(frame.shape[:2], size, fit)
+    if frame.shape[:2] == plan.size:
         return frame
-    resample = getattr(Image.Resampling, RESAMPLE)
-    image = Image.fromarray(np.ascontiguousarray(frame), mode="RGB")
-    if fit == "stretch":
-        return np.asarray(image.resize((out_w, out_h), resample))
-    if fit == "crop":
-        # The largest box of the output's aspect ratio inside the source, centred.
-        if src_w * out_h > out_w * src_h:
-            box_w, box_h = src_h * out_w / out_h, float(src_h)
-        else:
-            box_w, box_h = float(src_w), src_w * out_h / out_w
-        left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
-        return np.asarray(image.resize((out_w, out_h), resample, box=(left, top, left + box_w, top + box_h)))
-    scale = min(out_w / src_w, out_h / src_h)
-    new_w = min(out_w, max(1, round(src_w * scale)))
-    new_h = min(out_h, max(1, round(src_h * scale)))
-    canvas = np.zeros((out_h, out_w, 3), dtype=np.uint8)
-    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = np.asarray(image.resize((new_w, new_h), resample))
-    return canvas
+    return place(resize(frame, plan.scaled), plan)
+
+
+def resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale an RGB frame to ``size`` = (height, width) with swscale (`RESIZE_FILTER`).
+
+    Shapes: frame (H, W, 3) uint8 -> (size[0], size[1], 3) uint8.
+    """
+    if frame.shape[:2] == tuple(size):
+        return frame
+    av = import_av()
+    picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return picture.reformat(width=size[1], height=size[0], interpolation=RESIZE_FILTER).to_ndarray()

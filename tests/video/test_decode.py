@@ -127,6 +127,24 @@ def test_resize_modes(rate_clips: dict[str, Path], fit: str) -> None:
         assert frame[:, :8, 0].mean() < 100
 
 
+@pytest.mark.parametrize("fit", ["crop", "pad", "stretch"])
+def test_backends_resize_a_rotated_clip_alike(clip_dir: Path, fit: str) -> None:
+    # PyAV scales in swscale while converting from YUV (before rotating); decord's frames are
+    # rotated RGB scaled afterwards. Both must give the same upright picture.
+    path = clip_dir / "upright-90.mp4"
+    if not path.exists():
+        make_clip(path, frames=6, rotation=90)
+    size = (120, 100)
+    decord_frames = list(iter_frames(path, size=size, fit=fit, backend="decord"))
+    pyav_frames = list(iter_frames(path, size=size, fit=fit, backend="pyav"))
+    for a, b in zip(decord_frames, pyav_frames, strict=True):
+        assert a.shape == b.shape == (120, 100, 3)
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 3
+    if fit == "stretch":
+        assert [read_counter(f) for f in pyav_frames] == list(range(6))
+        assert all(is_upright(f) for f in pyav_frames)
+
+
 def test_pyav_fallback_for_a_file_decord_cannot_open(clip_dir: Path) -> None:
     path = make_clip(clip_dir / "av1.mp4", frames=5, size=(64, 96), codec="libsvtav1", options={})
     with pytest.raises(VideoError, match="decord cannot decode this file"):
