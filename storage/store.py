@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -46,6 +46,9 @@ _SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|^key$|acce
 #: Environment variables whose values are secrets.
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _OBJECT_STORES = ("s3", "s3a")
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(bytes_done, bytes_total)`` after each chunk of a file transfer."""
 
 
 class StoreError(OSError):
@@ -269,14 +272,17 @@ class ArtifactStore:
         """Write JSON with sorted keys (stable bytes, stable hashes)."""
         return self.write_text(key, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
-    def put_file(self, local: str | os.PathLike[str], key: str) -> ArtifactRef:
+    def put_file(self, local: str | os.PathLike[str], key: str, *, progress: Progress | None = None) -> ArtifactRef:
         """Upload a local file atomically, streaming it in `CHUNK_SIZE` pieces."""
         local = Path(local)
         if not local.is_file():
             raise FileNotFoundError(f"cannot upload {local}: no such file")
+        total = local.stat().st_size
         with local.open("rb") as source, self.open_write(key) as out:
             while chunk := source.read(CHUNK_SIZE):
                 out.write(chunk)
+                if progress is not None:
+                    progress(out.size, total)
         assert out.ref is not None
         return out.ref
 
@@ -301,9 +307,18 @@ class ArtifactStore:
     def read_json(self, key: str) -> Any:
         return json.loads(self.read_bytes(key))
 
-    def get_file(self, key: str, local: str | os.PathLike[str], *, expected_sha256: str | None = None) -> Path:
+    def get_file(
+        self,
+        key: str,
+        local: str | os.PathLike[str],
+        *,
+        expected_sha256: str | None = None,
+        progress: Progress | None = None,
+    ) -> Path:
         """Download ``key`` to ``local`` atomically (temporary file, then rename), optionally verified."""
         local = Path(local)
+        total = self.size(key) if progress is not None else 0
+        done = 0
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
         digest = hashlib.sha256()
@@ -312,6 +327,9 @@ class ArtifactStore:
                 while chunk := self._guard("read", key, lambda: source.read(CHUNK_SIZE)):
                     sink.write(chunk)
                     digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
                 sink.flush()
                 os.fsync(sink.fileno())
             if expected_sha256 is not None and digest.hexdigest() != expected_sha256:

@@ -25,7 +25,7 @@ from ._deps import import_av
 from .audio import AudioTrack, audio_stream_count, output_sample_rate
 from .errors import VideoError
 from .rates import parse_rate
-from .sequence import AUDIO_NAME, SequenceMeta, _check_rgb, encode_png, frame_name, write_sequence_meta
+from .sequence import AUDIO_NAME, SequenceMeta, check_rgb, encode_png, frame_name, write_sequence_meta
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class VideoWriter:
         """Append one frame. Shapes: frame (H, W, 3) uint8 RGB."""
         if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
-        _check_rgb(frame, f"frame {self._count}")
+        check_rgb(frame, f"frame {self._count}")
         height, width = frame.shape[:2]
         if self._size is None:
             self._open(height, width)

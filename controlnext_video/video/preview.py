@@ -12,7 +12,7 @@ import numpy as np
 from .encode import EncodedVideo, VideoWriter
 from .errors import VideoError
 from .fit import fit_frame
-from .sequence import _check_rgb
+from .sequence import check_rgb
 
 
 def panel_width(height: int, width: int, panel_height: int) -> int:
@@ -40,7 +40,7 @@ def write_side_by_side(
 
     Shapes: reference (Hr, Wr, 3), poses and results yield (H, W, 3), all uint8 RGB.
     """
-    _check_rgb(reference, "reference")
+    check_rgb(reference, "reference")
     if height is not None and (not isinstance(height, int) or height < 2):
         raise ValueError(f"height must be an int >= 2, got {height!r}")
     pose_iter, result_iter = iter(poses), iter(results)
@@ -55,8 +55,8 @@ def write_side_by_side(
             if pose is None or result is None:
                 short = "poses" if pose is None else "results"
                 raise VideoError(path, f"{short} ended after {done} frames, the other sequence is longer")
-            _check_rgb(pose, f"pose frame {done}")
-            _check_rgb(result, f"result frame {done}")
+            check_rgb(pose, f"pose frame {done}")
+            check_rgb(result, f"result frame {done}")
             if ref_panel is None:
                 height = height if height is not None else max(2, result.shape[0] // 2 * 2)
                 ref_panel = _panel(reference, height)

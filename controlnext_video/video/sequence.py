@@ -59,7 +59,7 @@ def encode_png(frame: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL) -
     """
     from PIL import Image
 
-    _check_rgb(frame, "frame")
+    check_rgb(frame, "frame")
     buffer = io.BytesIO()
     Image.fromarray(frame, mode="RGB").save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
@@ -121,7 +121,7 @@ def read_sequence_meta(folder: str | os.PathLike[str]) -> SequenceMeta:
     return meta
 
 
-def _check_rgb(frame: np.ndarray, what: str) -> None:
+def check_rgb(frame: np.ndarray, what: str) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         shape = getattr(frame, "shape", None)
         dtype = getattr(frame, "dtype", type(frame).__name__)

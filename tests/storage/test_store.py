@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import pickle
 from pathlib import Path
 
@@ -94,10 +93,16 @@ def test_interrupted_overwrite_keeps_the_previous_object(store: ArtifactStore, s
 def test_put_and_get_file_are_atomic_and_verified(store: ArtifactStore, tmp_path: Path) -> None:
     source = tmp_path / "driving.mp4"
     source.write_bytes(_payload(3 * 2**20 + 5))
-    ref = store.put_file(source, "jobs/a/inputs/driving.mp4")
+    uploaded: list[tuple[int, int]] = []
+    ref = store.put_file(source, "jobs/a/inputs/driving.mp4", progress=lambda *p: uploaded.append(p))
     assert ref.sha256 == sha256_file(source)
-    fetched = store.get_file(ref.key, tmp_path / "down" / "clip.mp4", expected_sha256=ref.sha256)
+    assert uploaded == [(3 * 2**20 + 5, 3 * 2**20 + 5)]  # one 8 MiB chunk
+    downloaded: list[tuple[int, int]] = []
+    fetched = store.get_file(
+        ref.key, tmp_path / "down" / "clip.mp4", expected_sha256=ref.sha256, progress=lambda *p: downloaded.append(p)
+    )
     assert fetched.read_bytes() == source.read_bytes()
+    assert downloaded[-1] == (ref.size, ref.size)
     # A wrong hash: error, and the existing local file is left as it was.
     with pytest.raises(IntegrityError, match="SHA-256 is .* expected 0+$"):
         store.get_file(ref.key, fetched, expected_sha256="0" * 64)
