@@ -125,7 +125,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         time_base = stream.time_base
         if time_base is None or time_base <= 0:
             raise VideoError(path, "video stream has no time base")
-        pts, last_duration = _packet_timestamps(container, stream, path)
+        pts = _packet_timestamps(container, stream, path)
         if not pts:
             raise VideoError(path, "video stream has zero frames")
         first = _first_frame(container, stream, path)
@@ -140,10 +140,9 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         fps, is_vfr = _frame_rate(pts, time_base, stream, path)
         source_count = len(pts)
         if is_vfr:
-            interval = Fraction(pts[-1] - pts[0], len(pts) - 1)
-            tail = last_duration if last_duration > 0 else interval
-            span = (pts[-1] - pts[0] + tail) * time_base
-            frame_count = max(1, round(span * fps))
+            # Grid frames from the first timestamp to the last, inclusive. (Packet durations are
+            # not used: with B-frames they follow decode order, not presentation order.)
+            frame_count = round((pts[-1] - pts[0]) * time_base * fps) + 1
         else:
             frame_count = source_count
         width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
@@ -167,11 +166,10 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         )
 
 
-def _packet_timestamps(container: Any, stream: Any, path: Path) -> tuple[list[int], int]:
-    """Sorted presentation timestamps of the stream's frames, and the last frame's duration."""
+def _packet_timestamps(container: Any, stream: Any, path: Path) -> list[int]:
+    """Sorted presentation timestamps of the stream's frames."""
     av = import_av()
     stamps: list[int] = []
-    durations: dict[int, int] = {}
     try:
         for packet in container.demux(stream):
             if packet.size == 0 or packet.is_discard:
@@ -180,11 +178,10 @@ def _packet_timestamps(container: Any, stream: Any, path: Path) -> tuple[list[in
             if stamp is None:
                 raise VideoError(path, "video packets carry no timestamps")
             stamps.append(stamp)
-            durations[stamp] = packet.duration or 0
     except av.error.FFmpegError as exc:
         raise VideoError(path, f"cannot read packets ({exc.strerror or exc})") from exc
     stamps.sort()
-    return stamps, durations.get(stamps[-1], 0) if stamps else 0
+    return stamps
 
 
 def _first_frame(container: Any, stream: Any, path: Path) -> Any:

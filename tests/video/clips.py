@@ -108,7 +108,7 @@ def make_clip(
     """
     turns = (rotation // 90) % 4
     coded_h, coded_w = (size[1], size[0]) if turns % 2 else size
-    options = {"crf": "12", "preset": "ultrafast"} if options is None and codec == "libx264" else (options or {})
+    options = {"crf": "12", "preset": "veryfast"} if options is None and codec == "libx264" else (options or {})
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = coded_w, coded_h, pix_fmt
