@@ -1,0 +1,137 @@
+"""Where a job's artifacts live (see ``DESIGN.md``, "Storage layout of a job").
+
+::
+
+    jobs/<job-id>/request.json
+    jobs/<job-id>/manifest.json            (written by the parent flow only)
+    jobs/<job-id>/inputs/<name>
+    jobs/<job-id>/poses/<name>             (OpenPose JSON, pose preview video)
+    jobs/<job-id>/segments/<k>/record.json (k zero-padded: 0000, 0001, ...)
+    jobs/<job-id>/segments/<k>/frames/frame_000000.png ...
+    jobs/<job-id>/output/<name>            (video, side-by-side preview, report)
+    cache/<namespace>/<content-hash>/<name>
+
+All functions here are pure: they build keys, they do not touch storage.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+JOBS_PREFIX = "jobs"
+CACHE_PREFIX = "cache"
+#: Digits of the zero-padded segment index (sorted listings stay in render order).
+SEGMENT_DIGITS = 4
+#: File name of frame ``i`` in a segment (matches ``controlnext_video.video`` PNG sequences).
+FRAME_NAME = "frame_{:06d}.png"
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
+_HEX_DIGEST = re.compile(r"[0-9a-f]{16,128}")
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise ValueError(
+            f"job id must be 1-128 letters, digits, '_' or '-' starting with a letter or digit, got {job_id!r}"
+        )
+    return job_id
+
+
+def new_job_id(now: datetime | None = None) -> str:
+    """A unique, time-sortable job id such as ``20261122-142501-3f9a1c2b``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
+
+
+def safe_name(name: str) -> str:
+    """A key-safe file name from a user-supplied one: ``"Take 3 (final).MOV"`` -> ``"Take_3_final.MOV"``."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    cleaned = re.sub(r"[^A-Za-z0-9._=+-]+", "_", ascii_name.rsplit("/", 1)[-1]).strip("._")
+    cleaned = re.sub(r"_+(?=\.)", "", cleaned)
+    if not cleaned:
+        raise ValueError(f"file name {name!r} has no usable characters")
+    return cleaned
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"{what} must be a plain file name (letters, digits, ._=+-), got {name!r}; see safe_name()")
+    return name
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Keys of one job's artifacts."""
+
+    job_id: str
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id)
+
+    @property
+    def prefix(self) -> str:
+        return f"{JOBS_PREFIX}/{self.job_id}"
+
+    @property
+    def request(self) -> str:
+        return f"{self.prefix}/request.json"
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.prefix}/manifest.json"
+
+    @property
+    def inputs(self) -> str:
+        return f"{self.prefix}/inputs"
+
+    @property
+    def poses(self) -> str:
+        return f"{self.prefix}/poses"
+
+    @property
+    def segments(self) -> str:
+        return f"{self.prefix}/segments"
+
+    @property
+    def output(self) -> str:
+        return f"{self.prefix}/output"
+
+    def input(self, name: str) -> str:
+        return f"{self.inputs}/{_check_name(name, 'input name')}"
+
+    def pose(self, name: str) -> str:
+        return f"{self.poses}/{_check_name(name, 'pose file name')}"
+
+    def output_file(self, name: str) -> str:
+        return f"{self.output}/{_check_name(name, 'output name')}"
+
+    def segment(self, index: int) -> str:
+        """Folder of segment ``index``."""
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 10**SEGMENT_DIGITS:
+            raise ValueError(f"segment index must be an int in [0, {10**SEGMENT_DIGITS}), got {index!r}")
+        return f"{self.segments}/{index:0{SEGMENT_DIGITS}d}"
+
+    def segment_record(self, index: int) -> str:
+        """The record whose presence marks segment ``index`` as done."""
+        return f"{self.segment(index)}/record.json"
+
+    def segment_frames(self, index: int) -> str:
+        return f"{self.segment(index)}/frames"
+
+    def segment_frame(self, index: int, frame: int) -> str:
+        if not isinstance(frame, int) or frame < 0:
+            raise ValueError(f"frame index must be an int >= 0, got {frame!r}")
+        return f"{self.segment_frames(index)}/{FRAME_NAME.format(frame)}"
+
+
+def cache_key(namespace: str, digest: str, name: str) -> str:
+    """Key of a content-addressed cache entry, e.g. poses of a clip by its SHA-256 and detector:
+    ``cache_key("poses-mediapipe", clip_sha256, "poses.json")``."""
+    _check_name(namespace, "cache namespace")
+    if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
+        raise ValueError(f"cache digest must be 16-128 lowercase hex digits, got {digest!r}")
+    return f"{CACHE_PREFIX}/{namespace}/{digest}/{_check_name(name, 'cache file name')}"

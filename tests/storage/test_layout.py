@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+from storage import JobLayout, cache_key, check_key, new_job_id, safe_name
+
+
+def test_job_layout_matches_the_design() -> None:
+    job = JobLayout("20261122-101500-ab12cd34")
+    root = "jobs/20261122-101500-ab12cd34"
+    assert job.prefix == root
+    assert job.request == f"{root}/request.json"
+    assert job.manifest == f"{root}/manifest.json"
+    assert job.input("driving.mp4") == f"{root}/inputs/driving.mp4"
+    assert job.pose("poses.json") == f"{root}/poses/poses.json"
+    assert job.segment(3) == f"{root}/segments/0003"
+    assert job.segment_record(3) == f"{root}/segments/0003/record.json"
+    assert job.segment_frame(12, 7) == f"{root}/segments/0012/frames/frame_000007.png"
+    assert job.output_file("video.mp4") == f"{root}/output/video.mp4"
+    # Every key the layout builds is a valid store key.
+    for key in (job.request, job.input("ref.png"), job.segment_frame(0, 0), job.output_file("report.md")):
+        assert check_key(key) == key
+
+
+def test_segment_keys_sort_in_render_order() -> None:
+    job = JobLayout("j")
+    keys = [job.segment_record(k) for k in (10, 2, 1, 100)]
+    assert sorted(keys) == [job.segment_record(k) for k in (1, 2, 10, 100)]
+
+
+@pytest.mark.parametrize("job_id", ["", "../x", "a/b", "-lead", "a b", "x" * 129, 5])
+def test_bad_job_ids(job_id: object) -> None:
+    with pytest.raises(ValueError, match="job id must be"):
+        JobLayout(job_id)  # type: ignore[arg-type]
+
+
+def test_bad_names_and_indices() -> None:
+    job = JobLayout("j")
+    with pytest.raises(ValueError, match="input name must be a plain file name"):
+        job.input("../../etc/passwd")
+    with pytest.raises(ValueError, match="segment index must be an int in"):
+        job.segment(-1)
+    with pytest.raises(ValueError, match="frame index must be an int >= 0"):
+        job.segment_frame(0, -1)
+
+
+def test_cache_keys_are_content_addressed() -> None:
+    digest = "ab" * 32
+    assert cache_key("poses-mediapipe", digest, "poses.json") == f"cache/poses-mediapipe/{digest}/poses.json"
+    with pytest.raises(ValueError, match="cache digest must be"):
+        cache_key("poses", "not-a-hash", "poses.json")
+
+
+def test_safe_name_and_new_job_id() -> None:
+    assert safe_name("Take 3 (final).MOV") == "Take_3_final.MOV"
+    assert safe_name("/uploads/Zoë's clip.mp4") == "Zoe_s_clip.mp4"
+    with pytest.raises(ValueError, match="no usable characters"):
+        safe_name("///")
+    when = datetime(2026, 11, 22, 10, 15, 0, tzinfo=timezone.utc)
+    job_id = new_job_id(when)
+    assert re.fullmatch(r"20261122-101500-[0-9a-f]{8}", job_id)
+    assert new_job_id(when) != job_id
+    JobLayout(job_id)
