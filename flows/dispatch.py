@@ -42,6 +42,8 @@ class Dispatcher(Protocol):
 
     def cancel(self, run: SegmentRun, reason: str) -> None: ...
 
+    def mark_lost(self, run: SegmentRun, reason: str) -> None: ...
+
 
 @dataclass
 class LocalDispatcher:
@@ -61,6 +63,9 @@ class LocalDispatcher:
 
     def cancel(self, run: SegmentRun, reason: str) -> None:
         """Nothing runs in the background locally."""
+
+    def mark_lost(self, run: SegmentRun, reason: str) -> None:
+        """A local run cannot be lost without this process."""
 
 
 @dataclass
@@ -102,6 +107,14 @@ class DeploymentDispatcher:
 
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run.flow_run_id, Cancelling(message=reason), force=True)
+
+    def mark_lost(self, run: SegmentRun, reason: str) -> None:
+        """The run's worker is gone (no heartbeat): record the run as Crashed, as infrastructure failed."""
+        from prefect import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.flow_run_id, Crashed(message=reason), force=True)
 
 
 def _state(state) -> RunState:
@@ -182,7 +195,7 @@ def drive_segments(
                 if beat != watch.beat:
                     watches[segment] = _Watch(beat)
                 elif time.monotonic() - watch.changed_at > stale_after:
-                    dispatcher.cancel(run, f"no heartbeat for {stale_after:.0f} s: worker lost")
+                    dispatcher.mark_lost(run, f"no heartbeat for {stale_after:.0f} s: worker lost")
                     del in_flight[segment]
                     retry_or_fail(replace(run, message=f"no heartbeat for {stale_after:.0f} s"), "was lost")
                 continue

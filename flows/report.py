@@ -49,7 +49,7 @@ def report_markdown(job: JobContext, summary: dict) -> str:
             ["delivered to", encoded.get("delivered") or "(job folder only)"],
         ]),
         f"{encoded['frames']} frames, {encoded['fps']} fps, {encoded['duration']:.3f} s, "
-        f"audio: {'yes' if encoded['audio'] else 'no'}.",
+        "audio: " + (f"{encoded['audio_seconds']:.3f} s" if encoded["audio_seconds"] is not None else "none") + ".",
     ]
     return "\n\n".join(parts) + "\n"
 

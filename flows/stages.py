@@ -251,7 +251,8 @@ def align(job: JobContext) -> int:
 def load_reference_pose(job: JobContext):
     from pose import openpose_json
 
-    return openpose_json.frame_from_dict(job.store.read_json(job.layout.pose(REFERENCE_POSE)))
+    return openpose_json.frame_from_dict(job.store.read_json(job.layout.pose(REFERENCE_POSE)),
+                                         where=job.layout.pose(REFERENCE_POSE))
 
 
 def load_aligned(job: JobContext):
@@ -451,8 +452,8 @@ def encode(job: JobContext, ingest_result: IngestResult, num_frames: int) -> dic
     else:
         keys.append(store.put_file(target, layout.output_file(name)).key)
     delivered = deliver(target, request.output) if request.output else None
-    return dict(output_key=layout.output_file(name), files=keys, frames=encoded.frames, fps=str(encoded.fps),
-                duration=encoded.duration, audio=encoded.audio, delivered=delivered)
+    return dict(output_key=layout.output_file(name), files=keys, frames=encoded.frame_count, fps=str(encoded.fps),
+                duration=encoded.duration, audio_seconds=encoded.audio_duration, delivered=delivered)
 
 
 def deliver(local: Path, destination: str) -> str:

@@ -17,6 +17,7 @@ class Scripted:
     records: set = field(default_factory=set)
     submitted: list = field(default_factory=list)
     cancelled: list = field(default_factory=list)
+    lost: list = field(default_factory=list)
     beats: dict = field(default_factory=dict)
 
     def submit(self, segment, attempt):
@@ -34,6 +35,9 @@ class Scripted:
 
     def cancel(self, run, reason):
         self.cancelled.append((run.segment, reason))
+
+    def mark_lost(self, run, reason):
+        self.lost.append((run.segment, reason))
 
 
 def drive(d, segments, **kw):
@@ -87,7 +91,7 @@ def test_crashed_run_that_wrote_its_record_counts_as_done():
 def test_lost_worker_is_detected_by_a_silent_heartbeat():
     d = Scripted({(0, 1): ["running"], (0, 2): ["completed"]})
     attempts = drive(d, [0], stale_after=0.0)
-    assert attempts[0] == 2 and d.cancelled and "no heartbeat" in d.cancelled[0][1]
+    assert attempts[0] == 2 and d.lost and "no heartbeat" in d.lost[0][1] and not d.cancelled
 
 
 def test_failure_cancels_runs_in_flight():
