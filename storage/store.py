@@ -144,17 +144,22 @@ class ArtifactWriter:
 
     def _commit(self) -> ArtifactRef:
         fs, path = self._store._fs, self._store._path(self.key)
-        handle, self._handle = self._handle, None
-        if self._store.is_local:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            os.replace(self._tmp, path)  # type: ignore[arg-type]
-        elif self._store.protocol in _OBJECT_STORES:
-            handle.close()  # completes the PUT or the multipart upload
-        else:
-            handle.close()
-            fs.mv(self._tmp, path)
+        handle = self._handle
+        try:
+            if self._store.is_local:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+                os.replace(self._tmp, path)  # type: ignore[arg-type]
+            elif self._store.protocol in _OBJECT_STORES:
+                handle.close()  # completes the PUT or the multipart upload
+            else:
+                handle.close()
+                fs.mv(self._tmp, path)
+        except BaseException:
+            self._discard()  # e.g. the upload failed: abort it, remove temporary files
+            raise
+        self._handle = None
         fs.invalidate_cache(path)
         self.ref = ArtifactRef(self.key, self._store.url(self.key), self._size, self._digest.hexdigest())
         return self.ref
@@ -165,7 +170,7 @@ class ArtifactWriter:
             return
         if self._store.is_local:
             handle.close()
-            os.unlink(self._tmp)  # type: ignore[arg-type]
+            Path(self._tmp).unlink(missing_ok=True)  # type: ignore[arg-type]
         elif self._store.protocol in _OBJECT_STORES:
             handle.discard()  # aborts the multipart upload, if one was started; no PUT was sent
             # Mark the file closed so neither close() nor garbage collection commits it.

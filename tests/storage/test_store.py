@@ -151,6 +151,14 @@ def test_check_key_normalises_a_trailing_slash() -> None:
     assert check_key("jobs/a/") == "jobs/a"
 
 
+def test_a_failed_commit_leaves_no_temporary_file(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    store.write_bytes("jobs/a/x.bin", b"1")
+    with pytest.raises(StoreError, match=r"cannot commit .*jobs/a: IsADirectoryError"):
+        store.write_bytes("jobs/a", b"a folder is in the way")  # os.replace onto a directory fails
+    assert _stray_files(store) == [] and store.list() == ["jobs/a/x.bin"]
+
+
 def test_local_temporary_files_are_not_listed(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
     store.write_bytes("jobs/a/x.bin", b"1")
