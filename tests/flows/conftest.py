@@ -6,6 +6,7 @@ process talks to it through PREFECT_API_URL. Workers are real `prefect worker` p
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -50,11 +51,33 @@ class PrefectServer:
         return proc
 
     def kill(self, proc: subprocess.Popen) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Kill a worker and every process under it (its flow runs have sessions of their own),
+        as when the machine dies."""
+        for pid in [proc.pid, *descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait(timeout=30)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +119,11 @@ def prefect_server(tmp_path_factory):
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield info
     finally:
+        from prefect.logging.handlers import APILogHandler
+
+        for handler in logging.getLogger("prefect").handlers:  # send run logs before the server goes
+            if isinstance(handler, APILogHandler):
+                handler.flush()
         for proc in info.workers:
             info.kill(proc)
         os.killpg(server.pid, signal.SIGTERM)
@@ -128,3 +156,25 @@ def small_request(reference, driving, model, store, **overrides):
     )
     settings.update(overrides)
     return RenderRequest(**settings)
+
+
+@pytest.fixture(scope="session")
+def local_job(prefect_server, tiny_model, clip_inputs, tmp_path_factory):
+    """One job rendered in-process (segments in this process), shared by the tests that need it."""
+    from flows.render import render
+
+    reference, driving = clip_inputs
+    out = tmp_path_factory.mktemp("local-job")
+    request = small_request(reference, driving, tiny_model, out / "store", output=str(out / "result.mp4"))
+    state = render(request, return_state=True)
+    assert state.is_completed(), state.message
+    return request, state.result(), out
+
+
+def log_tail(server: PrefectServer, lines: int = 40) -> str:
+    """The end of every worker log, for assertion messages."""
+    parts = []
+    for path in sorted(server.logs.glob("worker-*.log")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(parts)

@@ -10,18 +10,6 @@ import pytest
 from .conftest import small_request
 
 
-@pytest.fixture(scope="module")
-def local_job(prefect_server, tiny_model, clip_inputs, tmp_path_factory):
-    from flows.render import render
-
-    reference, driving = clip_inputs
-    out = tmp_path_factory.mktemp("local-job")
-    request = small_request(reference, driving, tiny_model, out / "store", output=str(out / "result.mp4"))
-    state = render(request, return_state=True)
-    assert state.is_completed(), state.message
-    return request, state.result(), out
-
-
 def test_output_has_exact_rate_length_and_audio(local_job):
     from controlnext_video.video import probe
 

@@ -1,0 +1,192 @@
+"""Distributed rendering on a real Prefect server with real process workers (CPU, tiny model).
+
+The deployments come from the project's prefect.yaml through `controlnext-video setup-cluster`;
+two workers serve the `gpu` pool and one the `cpu` pool, as on a studio cluster.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from .conftest import REPO_ROOT, log_tail, small_request
+
+GPU_WORKERS = ("gpu-worker-a", "gpu-worker-b")
+JOB_TIMEOUT = 420
+
+
+@pytest.fixture(scope="module")
+def cluster(prefect_server):
+    subprocess.run(
+        [sys.executable, "-m", "flows.cli", "setup-cluster", "--inbox", "unused-inbox", "--project-dir", str(REPO_ROOT)],
+        env=prefect_server.env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=300,
+    )
+    workers = {name: prefect_server.start_worker("gpu", name) for name in GPU_WORKERS}
+    workers["cpu-worker"] = prefect_server.start_worker("cpu", "cpu-worker")
+    return prefect_server, workers
+
+
+def runs_of_job(job_id: str) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])))
+
+
+def runs_per_segment(job_id: str) -> dict[int, list]:
+    out: dict[int, list] = {}
+    for run in runs_of_job(job_id):
+        segment = int(next(t for t in run.tags if t.startswith("segment:")).split(":")[1])
+        out.setdefault(segment, []).append(run)
+    return out
+
+
+def wait_for(run_id, timeout: float = JOB_TIMEOUT):
+    """The flow run once it reaches a final state."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(run_id)
+            if run.state and run.state.is_final():
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flow run {run.name} still {run.state.name if run.state else '?'}")
+            time.sleep(2)
+
+
+def blended(store_url: str, job_id: str, frames: int) -> np.ndarray:
+    from storage import ArtifactStore, JobLayout
+
+    from controlnext_video.video import decode_png
+
+    store, layout = ArtifactStore(store_url), JobLayout(job_id)
+    return np.stack([decode_png(store.read_bytes(f"{layout.output_file('frames')}/{i:06d}.png")) for i in range(frames)])
+
+
+def test_prefect_yaml_deployments(cluster):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        segment = client.read_deployment_by_name("render-segment/gpu")
+        render = client.read_deployment_by_name("render/default")
+        inbox = client.read_deployment_by_name("inbox/scheduled")
+        queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name="gpu")}
+    assert segment.work_pool_name == "gpu" and render.work_pool_name == "cpu"
+    assert inbox.schedules and inbox.schedules[0].schedule.cron == "*/5 * * * *"
+    assert queues["rush"] < queues["default"] < queues["batch"]
+
+
+def test_fan_out_matches_in_process(cluster, local_job, tmp_path):
+    from flows.render import render
+
+    server, _ = cluster
+    request, local_result, _ = local_job
+    distributed = request.model_copy(update=dict(dispatch="deployment", store=str(tmp_path / "store"), output=""))
+    state = render(distributed, return_state=True)
+    assert state.is_completed(), f"{state.message}\n{log_tail(server)}"
+    result = state.result()
+    assert result["job_id"] == local_result["job_id"]  # same request, same job: only the store differs
+    n = result["ingest"]["num_frames"]
+    a = blended(request.store, local_result["job_id"], n).astype(np.float64) / 255
+    b = blended(distributed.store, result["job_id"], n).astype(np.float64) / 255
+    assert np.abs(a - b).max() <= 1e-5  # frames before encoding: identical
+    from storage import ArtifactStore, JobLayout
+
+    store, layout = ArtifactStore(distributed.store), JobLayout(result["job_id"])
+    workers = {store.read_json(layout.segment_record(s[0]))["worker"] for s in result["segments"]}
+    assert len(result["segments"]) >= 4 and workers == set(GPU_WORKERS), workers
+
+
+def test_killed_worker_costs_only_its_segment(cluster, tiny_model, clip_inputs, tmp_path):
+    """A worker killed mid-segment: its segment is resubmitted to the other; others render once."""
+    from prefect.deployments import run_deployment
+    from storage import ArtifactStore, JobLayout
+
+    server, workers = cluster
+    reference, driving = clip_inputs
+    store_url = str(tmp_path / "store")
+    request = small_request(reference, driving, tiny_model, store_url, dispatch="deployment", steps=16,
+                            stale_after_seconds=10, job_id=f"kill-{uuid.uuid4().hex[:8]}")
+    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    store, layout = ArtifactStore(store_url), JobLayout(request.job_id)
+
+    victim_segment = victim = None
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while victim is None and time.monotonic() < deadline:
+        for segment in range(8):
+            key = f"{layout.segment(segment)}/heartbeat.json"
+            if store.exists(key) and not store.exists(layout.segment_record(segment)):
+                beat = store.read_json(key)
+                if beat["step"] >= 2 and beat["worker"] in GPU_WORKERS:
+                    victim_segment, victim = segment, beat["worker"]
+                    break
+        time.sleep(0.5)
+    assert victim is not None, log_tail(server)
+    server.kill(workers[victim])
+    workers[victim] = server.start_worker("gpu", victim)  # the machine comes back later; the job must not wait
+
+    final = wait_for(parent.id)
+    assert final.state.is_completed(), f"{final.state.message}\n{log_tail(server)}"
+    runs = runs_per_segment(request.job_id)
+    summary = {s: [(r.name, r.state.name, (r.state.message or "")[:200]) for r in rs] for s, rs in runs.items()}
+    assert len(runs[victim_segment]) == 2, (victim_segment, summary, final.state.result() if False else None)
+    assert all(len(r) == 1 for s, r in runs.items() if s != victim_segment), runs
+    assert store.read_json(layout.segment_record(victim_segment))["attempt"] == 2
+
+    again = wait_for(run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0).id)
+    assert again.state.is_completed()
+    assert sum(len(r) for r in runs_per_segment(request.job_id).values()) == sum(len(r) for r in runs.values())
+
+
+def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, tmp_path):
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    server, _ = cluster
+    reference, driving = clip_inputs
+    request = small_request(reference, driving, tiny_model, str(tmp_path / "store"), dispatch="deployment", steps=40,
+                            job_id=f"cancel-{uuid.uuid4().hex[:8]}")
+    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while time.monotonic() < deadline:
+        if any(r.state and r.state.is_running() for r in runs_of_job(request.job_id)):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("no segment started\n" + log_tail(server))
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(parent.id, Cancelling(message="cancelled by the test"), force=True)
+    wait_for(parent.id, timeout=120)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        active = [r for r in runs_of_job(request.job_id) if r.state and not r.state.is_final()]
+        if not active:
+            break
+        time.sleep(2)
+    assert not active, [(r.name, r.state.name) for r in active]
+    segments_started = len(runs_of_job(request.job_id))
+    time.sleep(8)
+    assert len(runs_of_job(request.job_id)) == segments_started  # nothing new started after the cancel
+
+
+def test_segment_failing_on_bad_input_fails_the_job_once(cluster, clip_inputs, tmp_path):
+    from flows.render import render
+
+    server, _ = cluster
+    reference, driving = clip_inputs
+    request = small_request(reference, driving, tmp_path / "no-such-model", str(tmp_path / "store"),
+                            dispatch="deployment", job_id=f"bad-{uuid.uuid4().hex[:8]}")
+    state = render(request, return_state=True)
+    assert state.is_failed()
+    assert "segment" in state.message and "model directory not found" in state.message, state.message
+    runs = runs_per_segment(request.job_id)
+    assert runs and all(len(r) == 1 for r in runs.values()), runs  # no retry loop
