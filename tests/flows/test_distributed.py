@@ -6,15 +6,13 @@ two workers serve the `gpu` pool and one the `cpu` pool, as on a studio cluster.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import pytest
 
-from .conftest import REPO_ROOT, log_tail, small_request
+from .conftest import small_request
 
 GPU_WORKERS = ("gpu-worker-a", "gpu-worker-b")
 JOB_TIMEOUT = 420
@@ -22,13 +20,13 @@ JOB_TIMEOUT = 420
 
 @pytest.fixture(scope="module")
 def cluster(prefect_server):
-    subprocess.run(
-        [sys.executable, "-m", "flows.cli", "setup-cluster", "--inbox", "unused-inbox", "--project-dir", str(REPO_ROOT)],
-        env=prefect_server.env, cwd=REPO_ROOT, check=True, capture_output=True, timeout=300,
-    )
-    workers = {name: prefect_server.start_worker("gpu", name) for name in GPU_WORKERS}
-    workers["cpu-worker"] = prefect_server.start_worker("cpu", "cpu-worker")
-    return prefect_server, workers
+    prefect_server.setup(inbox="unused-inbox")
+    for name in GPU_WORKERS:
+        prefect_server.start_worker("gpu", name)
+    prefect_server.start_worker("cpu", "cpu-worker")
+    yield prefect_server, prefect_server.workers
+    for name in (*GPU_WORKERS, "cpu-worker"):
+        prefect_server.kill_worker(name)
 
 
 def runs_of_job(job_id: str) -> list:
@@ -91,7 +89,7 @@ def test_fan_out_matches_in_process(cluster, local_job, tmp_path):
     request, local_result, _ = local_job
     distributed = request.model_copy(update=dict(dispatch="deployment", store=str(tmp_path / "store"), output=""))
     state = render(distributed, return_state=True)
-    assert state.is_completed(), f"{state.message}\n{log_tail(server)}"
+    assert state.is_completed(), f"{state.message}\n{server.log_tail()}"
     result = state.result()
     assert result["job_id"] == local_result["job_id"]  # same request, same job: only the store differs
     n = result["ingest"]["num_frames"]
@@ -129,12 +127,12 @@ def test_killed_worker_costs_only_its_segment(cluster, tiny_model, clip_inputs, 
                     victim_segment, victim = segment, beat["worker"]
                     break
         time.sleep(0.5)
-    assert victim is not None, log_tail(server)
-    server.kill(workers[victim])
-    workers[victim] = server.start_worker("gpu", victim)  # the machine comes back later; the job must not wait
+    assert victim is not None, server.log_tail()
+    server.kill_worker(victim)
+    server.start_worker("gpu", victim)  # the machine comes back later; the job must not wait
 
     final = wait_for(parent.id)
-    assert final.state.is_completed(), f"{final.state.message}\n{log_tail(server)}"
+    assert final.state.is_completed(), f"{final.state.message}\n{server.log_tail()}"
     runs = runs_per_segment(request.job_id)
     summary = {s: [(r.name, r.state.name, (r.state.message or "")[:200]) for r in rs] for s, rs in runs.items()}
     assert len(runs[victim_segment]) == 2, (victim_segment, summary, final.state.result() if False else None)
@@ -162,7 +160,7 @@ def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, t
             break
         time.sleep(1)
     else:
-        pytest.fail("no segment started\n" + log_tail(server))
+        pytest.fail("no segment started\n" + server.log_tail())
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(parent.id, Cancelling(message="cancelled by the test"), force=True)
     wait_for(parent.id, timeout=120)
