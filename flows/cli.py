@@ -313,6 +313,7 @@ def worker_command(
     gpu: Annotated[int | None, typer.Option(help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES).")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name (default: host-pool[-gpuN]).")] = None,
     limit: Annotated[int, typer.Option(help="Runs at once (keep 1 per GPU).")] = 1,
+    healthcheck: Annotated[bool, typer.Option(help="Serve /health on port 8080 (for container healthchecks).")] = False,
 ) -> None:
     """Start a Prefect process worker; on a GPU machine run one per GPU with --gpu N."""
     import os
@@ -323,7 +324,7 @@ def worker_command(
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     args = [_prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit),
-            "--type", "process"]
+            "--type", "process"] + (["--with-healthcheck"] if healthcheck else [])
     os.execve(args[0], args, env)
 
 
