@@ -78,7 +78,7 @@ def main() -> None:
             request = RenderRequest(
                 reference=str(reference), driving=str(driving), model=str(model), store=str(work / f"store-{mode}"),
                 height=96, width=64, steps=2, window=4, overlap=1, stride=2, decode_chunk_size=4,
-                segment_length=args.segment_length, segment_overlap=2, dispatch=mode,
+                segment_length=args.segment_length, segment_overlap=2, dispatch=mode, job_id=f"bench-{mode}",
             )
             start = time.perf_counter()
             result = render(request)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controlnext_video.factory import build_pipeline, svd_size_components, tiny_components  # noqa: E402
 from controlnext_video.injection import control_injection  # noqa: E402
-from controlnext_video.windows import plan_windows  # noqa: E402
+from controlnext_video.windows import Window, plan_windows  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -58,11 +58,12 @@ class BothHalvesControl(nn.Module):
 class Config:
     name: str
     dtype: torch.dtype
-    windows_per_batch: int
+    windows_per_batch: int | None  # None: planned from free GPU memory
     decode_chunk: int
     both_halves: bool
     offload: bool
     compile: bool
+    channels_last: bool = False
 
 
 def sync(device: torch.device) -> None:
@@ -99,6 +100,8 @@ def make_pipe(args, config: Config, device: torch.device):
         components = svd_size_components(device=device, dtype=config.dtype)
     pipe = build_pipeline(components, device)
     pipe.windows_per_batch = config.windows_per_batch
+    if config.channels_last:
+        pipe.enable_channels_last()
     if config.compile:
         pipe.compile()
     if config.both_halves:
@@ -114,16 +117,15 @@ def bench_config(args, config: Config, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     pipe = make_pipe(args, config, device)
     h, w, size = args.height, args.width, args.window
-    k = config.windows_per_batch
     plan = plan_windows(args.frames, args.window, args.overlap)
+    k = pipe.batch_plan(h, w, plan)
     latents = torch.randn(pipe.latent_shape(size * k, h, w), device=device)
     poses = torch.randint(0, 256, (size * k, h, w, 3), dtype=torch.uint8)
     embeddings = torch.randn(1, 1, pipe.image_encoder.config.projection_dim, device=device, dtype=config.dtype)
     image_latents = torch.randn(1, latents.shape[2], h // 8, w // 8, device=device)
     time_ids = torch.tensor([[6.0, 128.0, 0.02]], device=device, dtype=config.dtype)
     guidance = torch.full((1, size, 1, 1, 1), args.guidance, device=device)
-    windows = plan_windows(size * k, size, 1).windows if k > 1 else plan.windows[:1]
-    windows = tuple(type(windows[0])(i * size, (i + 1) * size) for i in range(k))
+    windows = tuple(Window(i * size, (i + 1) * size) for i in range(k))  # k side by side, one UNet call
     t = torch.tensor(1.0, device=device)
 
     with pipe.placed(pipe.unet, pipe.controlnext), control_injection(pipe.unet) as injector:
@@ -147,6 +149,7 @@ def bench_config(args, config: Config, device: torch.device) -> dict:
     unet_per_frame = seconds_per_window_step * args.steps * len(plan.windows) / args.frames
     return dict(
         name=config.name,
+        windows_per_call=k,
         window_step=seconds_per_window_step,
         per_frame=unet_per_frame + decode_per_frame,
         unet_per_frame=unet_per_frame,
@@ -168,7 +171,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--frames", type=int, default=240, help="clip length the per-frame cost is planned for")
-    parser.add_argument("--windows-per-batch", type=int, default=1)
+    parser.add_argument("--windows-per-batch", default="auto",
+                        help="ours: windows per UNet call, or auto (planned from free GPU memory; 1 on the CPU)")
+    parser.add_argument("--channels-last", action="store_true", help="ours: channels-last convolutions")
     parser.add_argument("--decode-chunk", type=int, default=8)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
@@ -185,17 +190,18 @@ def main() -> None:
     ours_dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     configs = {
         "reference": Config("reference", torch.float32, 1, 2, True, device.type == "cuda", False),
-        "ours": Config("ours", ours_dtype, args.windows_per_batch, args.decode_chunk, False, False, args.compile),
+        "ours": Config("ours", ours_dtype, None if args.windows_per_batch == "auto" else int(args.windows_per_batch),
+                       args.decode_chunk, False, False, args.compile, args.channels_last),
     }
     print(f"device={device} model={args.model} size={args.width}x{args.height} window={args.window} "
           f"overlap={args.overlap} steps={args.steps} frames={args.frames} torch={torch.__version__}")
     if device.type == "cuda":
         print(f"gpu={torch.cuda.get_device_name(device)}")
     results = [bench_config(args, configs[name], device) for name in args.configs.split(",")]
-    header = f"{'config':<10} {'s/window-step':>14} {'s/frame':>9} {'unet s/f':>9} {'vae s/f':>9} {'TFLOP/s':>8} {'peak GiB':>9}"
+    header = f"{'config':<10} {'windows/call':>12} {'s/window-step':>14} {'s/frame':>9} {'unet s/f':>9} {'vae s/f':>9} {'TFLOP/s':>8} {'peak GiB':>9}"
     print(header)
     for r in results:
-        print(f"{r['name']:<10} {r['window_step']:>14.4f} {r['per_frame']:>9.4f} {r['unet_per_frame']:>9.4f} "
+        print(f"{r['name']:<10} {r['windows_per_call']:>12} {r['window_step']:>14.4f} {r['per_frame']:>9.4f} {r['unet_per_frame']:>9.4f} "
               f"{r['decode_per_frame']:>9.4f} {r['tflops']:>8.2f} {r['peak_gib']:>9.2f}"
               + (f"  MFU {100 * r['tflops'] / args.peak_tflops:.0f}%" if args.peak_tflops else ""))
     if len(results) == 2:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .control import ControlNeXtConfig, ControlNeXtModel
 from .injection import ControlSignal, control_injection
+from .memory import free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .sampler import sample_windows
 from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM, find_weights, load_into
 from .windows import Window, WindowPlan, plan_windows
@@ -87,7 +89,11 @@ class ControlNeXtSVDPipeline:
         self.image_std = tuple(float(v) for v in image_std)
         self.device = torch.device(device)
         self.offload = False
-        self.windows_per_batch = 1
+        # Windows per UNet call: an int, or None to plan from the free GPU memory (one on the CPU).
+        self.windows_per_batch: int | None = None
+        # Batch sizes that ran out of memory, per (height, width, window), so later calls (later
+        # segments on a worker) start below them.
+        self._batch_limits: dict[tuple[int, int, int], int] = {}
 
     # ---------------------------------------------------------------- loading
 
@@ -201,6 +207,28 @@ class ControlNeXtSVDPipeline:
             block.compile(**compile_kwargs)
         self.controlnext.compile(**compile_kwargs)
         return self
+
+    def enable_channels_last(self) -> "ControlNeXtSVDPipeline":
+        """Store the 2D convolution weights in channels-last layout (faster convolutions on GPUs).
+
+        Only `Conv2d` weights change: the temporal layers' 5-D weights have no channels-last form.
+        """
+        for model in (self.unet, self.controlnext, self.vae):
+            for module in model.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
+        return self
+
+    def batch_plan(self, height: int, width: int, plan: WindowPlan) -> int:
+        """Windows per UNet call for this call: the set value, or planned from free GPU memory."""
+        limit = self._batch_limits.get((height, width, plan.window_size), len(plan.windows))
+        if self.windows_per_batch is not None:
+            return max(1, min(self.windows_per_batch, limit))
+        free = free_memory(self.device)
+        if free is None:
+            return 1
+        planned = plan_windows_per_batch(free, height, width, plan.window_size, self.dtype, len(plan.windows))
+        return min(planned, limit)
 
     def _modules(self):
         return (self.unet, self.controlnext, self.vae, self.image_encoder)
@@ -341,12 +369,26 @@ class ControlNeXtSVDPipeline:
 
         The temporal decoder mixes frames inside a chunk, so the result depends on the chunk size.
         Shapes: latents `(1, N, C, h, w)` -> chunks `(n, H, W, 3)` float32 in [0, 1].
+        On a GPU out-of-memory error the chunk size is halved for the rest of the clip (with a
+        warning: smaller chunks decode slightly differently) rather than failing.
         """
         z = latents.flatten(0, 1) / self.vae.config.scaling_factor
         with self.placed(self.vae):
-            for i in range(0, z.shape[0], decode_chunk_size):
+            i = 0
+            while i < z.shape[0]:
                 chunk = z[i : i + decode_chunk_size].to(self.device, self.vae.dtype)
-                frames = self.vae.decode(chunk, num_frames=chunk.shape[0]).sample
+                try:
+                    frames = self.vae.decode(chunk, num_frames=chunk.shape[0]).sample
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or decode_chunk_size == 1:
+                        raise
+                    del chunk
+                    release_memory(self.device)
+                    decode_chunk_size //= 2
+                    warnings.warn(f"out of memory decoding: decode_chunk_size lowered to {decode_chunk_size}",
+                                  RuntimeWarning, stacklevel=2)
+                    continue
+                i += chunk.shape[0]
                 yield (frames.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
     def window_denoiser(
@@ -479,8 +521,17 @@ class ControlNeXtSVDPipeline:
                 guidance=guidance,
                 control_scale=control_scale,
             )
+            limit_key = (height, width, plan.window_size)
+
+            def lower_limit(windows_per_batch: int) -> None:
+                release_memory(self.device)
+                self._batch_limits[limit_key] = windows_per_batch
+                warnings.warn(f"out of memory: {windows_per_batch} windows per UNet call from now on",
+                              RuntimeWarning, stacklevel=2)
+
             latents = sample_windows(
-                denoise, latents, scheduler, plan, windows_per_batch=self.windows_per_batch, callback=callback
+                denoise, latents, scheduler, plan, windows_per_batch=self.batch_plan(height, width, plan),
+                callback=callback, on_out_of_memory=lower_limit,
             )
         if output_type == "latent":
             return latents

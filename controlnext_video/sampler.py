@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .memory import is_out_of_memory
 from .windows import Window, WindowPlan
 
 # (scaled latents (1, N, C, h, w), timestep, windows) -> one guided model output
@@ -33,25 +34,41 @@ def sample_windows(
     *,
     windows_per_batch: int = 1,
     callback: StepCallback | None = None,
+    on_out_of_memory: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` over `scheduler.timesteps` with per-step window fusion.
 
     Shapes: latents `(1, N, C, h, w)` with `N == plan.num_frames` -> same shape.
-    `callback(step, total)` is called after each step (1-based).
+    `callback(step, total)` is called after each step (1-based). When a batch of several windows
+    runs out of memory, the batch size is halved and the same step goes on;
+    `on_out_of_memory(new_windows_per_batch)` is told (a batch of one window re-raises).
     """
     if latents.shape[1] != plan.num_frames:
         raise ValueError(f"latents have {latents.shape[1]} frames, the window plan {plan.num_frames}")
+    if windows_per_batch < 1:
+        raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
     counts = torch.tensor(plan.counts, device=latents.device, dtype=latents.dtype).view(1, -1, 1, 1, 1)
-    batches = plan.batches(windows_per_batch)
+    windows = plan.windows
     timesteps = scheduler.timesteps
     for step, t in enumerate(timesteps):
         scaled = scheduler.scale_model_input(latents, t)
         total = torch.zeros_like(latents)
-        for batch in batches:
-            outputs = denoise(scaled, t, batch)
+        done = 0
+        while done < len(windows):
+            batch = windows[done : done + windows_per_batch]
+            try:
+                outputs = denoise(scaled, t, batch)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or windows_per_batch == 1:
+                    raise
+                windows_per_batch //= 2
+                if on_out_of_memory is not None:
+                    on_out_of_memory(windows_per_batch)
+                continue
             for window, output in zip(batch, outputs, strict=True):
                 first = window.keep_from - window.start
                 total[:, window.keep_from : window.stop] += output[:, first:].to(total.dtype)
+            done += len(batch)
         latents = scheduler.step(total / counts, t, latents, return_dict=False)[0]
         if callback is not None:
             callback(step + 1, len(timesteps))

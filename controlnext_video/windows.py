@@ -49,13 +49,6 @@ class WindowPlan:
                 counts[i] += 1
         return tuple(counts)
 
-    def batches(self, windows_per_batch: int) -> tuple[tuple[Window, ...], ...]:
-        """The windows in order, grouped `windows_per_batch` at a time (for batched UNet calls)."""
-        if windows_per_batch < 1:
-            raise ValueError(f"windows_per_batch must be at least 1, got {windows_per_batch}")
-        w = self.windows
-        return tuple(w[i : i + windows_per_batch] for i in range(0, len(w), windows_per_batch))
-
 
 def plan_windows(num_frames: int, window_size: int, overlap: int) -> WindowPlan:
     """Windows covering `num_frames` frames, as the reference places them.

@@ -177,7 +177,7 @@ def test_batched_windows_match_one_at_a_time(tiny_pipe):
         tiny_pipe.windows_per_batch = 3
         batched = call(tiny_pipe, output_type="latent", window_size=3, overlap=1)
     finally:
-        tiny_pipe.windows_per_batch = 1
+        tiny_pipe.windows_per_batch = None
     assert (single - batched).abs().max().item() < 1e-3  # the parity tolerance: batching reorders float sums
 
 

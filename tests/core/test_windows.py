@@ -65,12 +65,3 @@ def test_reference_examples():
 def test_invalid(n, window, overlap, message):
     with pytest.raises(ValueError, match=message):
         plan_windows(n, window, overlap)
-
-
-def test_batches_keep_order():
-    plan = plan_windows(50, 8, 2)
-    batches = plan.batches(3)
-    assert [w for b in batches for w in b] == list(plan.windows)
-    assert all(len(b) <= 3 for b in batches)
-    with pytest.raises(ValueError):
-        plan.batches(0)

@@ -1,0 +1,51 @@
+"""Memory planning on the GPU: how many windows per UNet call, and a retry at a smaller plan on
+out-of-memory instead of a failed job.
+
+The first guess comes from the free GPU memory and an estimate of one window's activation memory;
+the estimate is deliberately simple (activations scale with batch x frames x latent pixels), and
+an out-of-memory error during a step halves the batch and carries on with the same step, so a
+wrong guess costs one failed call, not the job.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Estimated peak activation bytes per latent element of one UNet call, per byte of the compute
+# dtype (SVD UNet with SDPA attention). An estimate to be calibrated on each GPU kind: the
+# out-of-memory fallback keeps a too-small estimate safe.
+ACTIVATION_BYTES_PER_ELEMENT = 4500
+# Share of the free memory the plan may use (the rest: allocator slack, the decoder, other work).
+MEMORY_HEADROOM = 0.8
+
+
+def window_bytes(height: int, width: int, window_size: int, dtype: torch.dtype, cfg: bool = True) -> int:
+    """Estimated activation memory of one window in one UNet call."""
+    latent_pixels = (height // 8) * (width // 8)
+    element_size = torch.finfo(dtype).bits // 8
+    return int((2 if cfg else 1) * window_size * latent_pixels * ACTIVATION_BYTES_PER_ELEMENT * element_size)
+
+
+def plan_windows_per_batch(
+    free_bytes: int, height: int, width: int, window_size: int, dtype: torch.dtype, num_windows: int
+) -> int:
+    """How many windows to denoise in one UNet call with `free_bytes` of free memory (at least 1)."""
+    per_window = window_bytes(height, width, window_size, dtype)
+    return max(1, min(num_windows, int(free_bytes * MEMORY_HEADROOM) // max(per_window, 1)))
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on a CUDA device (None elsewhere: no plan, one window per call)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def release_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
