@@ -188,11 +188,11 @@ def detect_poses(job: JobContext, ingest_result: IngestResult, progress: Callabl
     """
     from pose import openpose_json
     from pose.detect import make_detector
-    from pose.extract import detect_frames, detect_reference, prepare_reference
+    from pose.extract import clip_frames, detect_frames, detect_reference, prepare_reference
     from pose.smooth import fill_gaps, smooth_sequence
     from storage.layout import cache_key
 
-    from controlnext_video.video import encode_png, iter_frames
+    from controlnext_video.video import encode_png
 
     request, store, layout = job.request, job.store, job.layout
     detector_args = dict(backend=request.pose_backend, device="auto")
@@ -214,7 +214,7 @@ def detect_poses(job: JobContext, ingest_result: IngestResult, progress: Callabl
     store.write_json(layout.pose(REFERENCE_POSE), openpose_json.frame_to_dict(ref_pose, request.width, request.height))
 
     settings = json.dumps(dict(backend=request.pose_backend, stride=request.stride, max_frames=request.max_frames,
-                               version=1), sort_keys=True)
+                               version=2), sort_keys=True)
     digest = hashlib.sha256(f"{ingest_result.driving_sha256}:{settings}".encode()).hexdigest()
     cached = cache_key("poses", digest, DRIVING_POSES)
     if not store.exists(cached):
@@ -222,10 +222,10 @@ def detect_poses(job: JobContext, ingest_result: IngestResult, progress: Callabl
         total = ingest_result.num_frames
         detector = make_detector(video=True, **detector_args)
         try:
-            frames = iter_frames(clip, stride=request.stride, max_frames=request.max_frames or None)
+            _, frames = clip_frames(clip, stride=request.stride, max_frames=request.max_frames or None)
             detected = detect_frames(
-                enumerate(frames), detector, fps=ingest_result.fps, source=f"driving video {request.driving}",
-                on_frame=lambda i, pose: progress(i + 1, total),
+                frames, detector, fps=ingest_result.fps, source=f"driving video {request.driving}",
+                on_frame=lambda i, pose: progress(i // request.stride + 1, total),
             )
         finally:
             detector.close()

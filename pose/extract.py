@@ -68,13 +68,14 @@ def detect_clip(
     max_frames: int | None = None,
     progress: bool = False,
 ) -> PoseSequence:
-    """Poses of every stride-th frame of a video file (streaming; at most max_frames frames)."""
-    from pose._video import iter_frames, probe_clip
+    """Poses of every stride-th frame of a video file (streaming; at most max_frames frames).
 
-    info = probe_clip(path)
-    total = info.frame_count and -(-info.frame_count // stride)
-    if max_frames is not None and total:
-        total = min(total, max_frames)
+    Frame indices are source frame indices (0, stride, 2*stride, ...).
+    """
+    from controlnext_video.video import planned_frame_count
+
+    info, frames = clip_frames(path, stride=stride, max_frames=max_frames)
+    total = planned_frame_count(info, stride, max_frames)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -82,7 +83,7 @@ def detect_clip(
         bar = tqdm(total=total or None, desc="poses", unit="frame")
     try:
         return detect_frames(
-            iter_frames(path, stride=stride, max_frames=max_frames),
+            frames,
             detector,
             fps=info.fps / stride,
             source=str(path),
@@ -91,6 +92,34 @@ def detect_clip(
     finally:
         if bar is not None:
             bar.close()
+
+
+def clip_frames(path: str | Path, *, stride: int = 1, max_frames: int | None = None):
+    """The clip's probe and a stream of (source frame index, RGB frame) for every stride-th frame.
+
+    Uses the project's video module (upright frames, exact rates, constant-rate resampling of
+    variable-frame-rate clips); its errors become `PoseInputError`s naming the file.
+    """
+    from controlnext_video.video import VideoError, iter_frames, probe
+
+    if int(stride) != stride or stride < 1:
+        raise PoseInputError(f"stride must be a positive integer, got {stride!r}")
+    if max_frames is not None and (int(max_frames) != max_frames or max_frames < 1):
+        raise PoseInputError(f"max_frames must be a positive integer or None, got {max_frames!r}")
+    try:
+        info = probe(path)
+        frames = iter_frames(path, stride=stride, max_frames=max_frames, info=info)
+    except VideoError as exc:
+        raise PoseInputError(str(exc)) from exc
+
+    def indexed():
+        try:
+            for i, frame in enumerate(frames):
+                yield i * stride, frame
+        except VideoError as exc:
+            raise PoseInputError(str(exc)) from exc
+
+    return info, indexed()
 
 
 def prepare_reference(image: np.ndarray | str | Path, *, height: int, width: int) -> np.ndarray:

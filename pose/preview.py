@@ -19,6 +19,9 @@ from pose.detect import make_detector
 from pose.errors import PoseInputError, require
 from pose.extract import detect_clip, detect_reference, prepare_reference
 from pose.render import RenderStyle, overlay, render_pose
+
+# x264 quality of the preview (it is for checking alignment, not for delivery).
+PREVIEW_CRF = 20
 from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
 from pose.types import PoseSequence
 
@@ -169,7 +172,9 @@ def write_preview(
 
     Streams the clip again; frames without a pose are marked "no pose".
     """
-    from pose._video import Mp4Writer, iter_frames
+    from controlnext_video.video import VideoWriter
+
+    from pose.extract import clip_frames
 
     ref_h, ref_w = reference_image.shape[:2]
     if (aligned.width, aligned.height) != (ref_w, ref_h):
@@ -184,7 +189,7 @@ def write_preview(
         bar = tqdm(total=len(detected), desc="preview", unit="frame")
     writer = None
     try:
-        for index, image in iter_frames(driving, stride=stride, max_frames=max_frames):
+        for index, image in clip_frames(driving, stride=stride, max_frames=max_frames)[1]:
             k = by_index.get(index)
             if k is None:
                 continue
@@ -196,15 +201,18 @@ def write_preview(
             _label(right, "aligned on reference")
             canvas = np.concatenate([left, right], axis=1)
             if writer is None:
-                writer = Mp4Writer(path, detected.fps, canvas.shape[1], canvas.shape[0])
+                writer = VideoWriter(path, detected.fps, codec="h264", crf=PREVIEW_CRF, preset="veryfast")
             writer.write(canvas)
             if bar is not None:
                 bar.update(1)
-    finally:
+        if writer is None:
+            raise PoseInputError(f"{driving}: no frames decoded for the preview")
+        writer.close()
+    except BaseException:
         if writer is not None:
-            writer.close()
+            writer.abort()  # nothing half-written under the final name
+        raise
+    finally:
         if bar is not None:
             bar.close()
-    if writer is None:
-        raise PoseInputError(f"{driving}: no frames decoded for the preview")
     return Path(path)

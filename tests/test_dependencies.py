@@ -35,11 +35,23 @@ def test_library_never_imports_flows_or_prefect(package):
     assert not offenders, offenders
 
 
+def test_pose_never_touches_the_diffusion_model():
+    """pose may use the project's video module, never the model code, torch or diffusers."""
+    offenders = []
+    for path in sorted((REPO_ROOT / "pose").rglob("*.py")):
+        for name in imported_modules(path):
+            top = name.split(".")[0]
+            if top in ("torch", "diffusers") or (top == "controlnext_video" and not name.startswith("controlnext_video.video")):
+                offenders.append(f"{path.relative_to(REPO_ROOT)} imports {name}")
+    assert not offenders, offenders
+
+
 def test_importing_the_library_does_no_work():
     """Importing the packages loads neither torch nor any model (nothing happens at import time)."""
     code = (
-        "import sys; import controlnext_video, pose, storage; "
-        "heavy = [m for m in ('torch', 'diffusers', 'mediapipe', 'av', 'prefect') if m in sys.modules]; "
+        "import sys; import controlnext_video, controlnext_video.video, pose, pose.detect, pose.preview, "
+        "pose.extract, storage; heavy = [m for m in ('torch', 'diffusers', 'mediapipe', 'av', 'decord', 'cv2', "
+        "'onnxruntime', 'fsspec', 'prefect', 'tqdm') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)

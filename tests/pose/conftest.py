@@ -41,10 +41,10 @@ def walking_clip(tmp_path_factory, astronaut):
     frames 5 and 6 blank (nobody in view)."""
     import cv2
 
-    from pose._video import Mp4Writer
+    from controlnext_video.video import VideoWriter
 
     path = tmp_path_factory.mktemp("clips") / "walking.mp4"
-    with Mp4Writer(path, fps=30, width=384, height=384) as writer:
+    with VideoWriter(path, 30) as writer:
         for k in range(12):
             m = cv2.getRotationMatrix2D((256, 256), -6 + k, 0.7 + 0.01 * k)
             m[:, 2] += (-64 + 4 * k, -64)
@@ -56,10 +56,10 @@ def walking_clip(tmp_path_factory, astronaut):
 @pytest.fixture(scope="session")
 def empty_clip(tmp_path_factory):
     """A 6-frame clip of a grey wall."""
-    from pose._video import Mp4Writer
+    from controlnext_video.video import VideoWriter
 
     path = tmp_path_factory.mktemp("clips") / "empty.mp4"
-    with Mp4Writer(path, fps=25, width=320, height=240) as writer:
+    with VideoWriter(path, 25) as writer:
         for k in range(6):
             writer.write(np.full((240, 320, 3), 100 + 10 * k, np.uint8))
     return path

@@ -4,7 +4,7 @@ people, corrupt files. Each has a clear outcome."""
 import numpy as np
 import pytest
 
-from pose._video import iter_frames, probe_clip
+from pose.extract import clip_frames
 from pose.detect.mediapipe import MediaPipeDetector
 from pose.errors import NoPersonError, PoseInputError
 from pose.extract import detect_clip, detect_frames, detect_reference, prepare_reference
@@ -60,13 +60,15 @@ def test_corrupt_and_missing_files_fail_clearly(tmp_path, astronaut, walking_cli
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(walking_clip.read_bytes()[:3000])
     with pytest.raises(PoseInputError, match="broken.mp4"):
-        list(iter_frames(broken))
+        list(clip_frames(broken)[1])
     text = tmp_path / "notes.mp4"
     text.write_text("hello")
-    with pytest.raises(PoseInputError, match="cannot open video .*notes.mp4"):
-        probe_clip(text)
+    with pytest.raises(PoseInputError, match="notes.mp4"):
+        clip_frames(text)
     with pytest.raises(PoseInputError, match="stride must be a positive integer"):
-        list(iter_frames(walking_clip, stride=0))
+        clip_frames(walking_clip, stride=0)
+    info, frames = clip_frames(walking_clip, stride=3, max_frames=3)
+    assert [i for i, _ in frames] == [0, 3, 6] and info.frame_count == 12
 
 
 def test_detect_frames_checks_sizes_and_types(mp_image_detector):
