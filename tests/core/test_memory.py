@@ -97,3 +97,17 @@ def test_channels_last_agrees(tiny_model_dir):
     pipe.enable_channels_last()
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert (run(pipe) - plain).abs().max().item() < 1e-3
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_agrees(tiny_model_dir):
+    """Regional torch.compile (slow: compiles the UNet blocks on first use)."""
+    from controlnext_video import ControlNeXtSVDPipeline
+
+    pipe = ControlNeXtSVDPipeline.from_pretrained(tiny_model_dir)
+    plain = run(pipe)
+    pipe.compile()
+    first = run(pipe)
+    assert (first - plain).abs().max().item() < 1e-3
+    assert (run(pipe) - first).abs().max().item() < 1e-3  # the compiled code is reused by later calls
+    assert sum(len(m._forward_hooks) for m in pipe.unet.modules()) == 0
