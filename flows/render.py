@@ -27,12 +27,15 @@ IO_RETRIES = 2
 
 
 def _retry_io(task, task_run, state) -> bool:
+    """Retry I/O hiccups (network, storage); never an error in the inputs or the code."""
     try:
         state.result()
-    except (stages.JobInputError, ValueError):
+    except FileNotFoundError:
         return False
-    except Exception:
+    except (OSError, TimeoutError):
         return True
+    except Exception:
+        return False
     return False
 
 

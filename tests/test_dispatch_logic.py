@@ -114,3 +114,20 @@ def test_local_dispatcher_reports_errors_as_failures():
         drive_segments([0, 1, 2, 3], LocalDispatcher(render), is_done=records.__contains__, heartbeat=lambda s: None,
                        max_in_flight=1, max_attempts=3, stale_after=60, poll_seconds=0, log=lambda m: None)
     assert calls == [0, 1, 2]
+
+
+def test_stage_retries_are_for_io_errors_only():
+    from prefect.states import Failed
+
+    from flows.render import _retry_io
+    from flows.stages import JobInputError
+    from pose.errors import NoPersonError
+
+    def failed(exc):
+        return Failed(data=exc)
+
+    assert _retry_io(None, None, failed(ConnectionResetError("reset by peer")))
+    assert _retry_io(None, None, failed(TimeoutError("slow store")))
+    for exc in (JobInputError("driving video not found"), NoPersonError("nobody"), FileNotFoundError("x"),
+                KeyError("bug")):
+        assert not _retry_io(None, None, failed(exc)), exc
