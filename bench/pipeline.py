@@ -100,6 +100,10 @@ def make_pipe(args, config: Config, device: torch.device):
         components = svd_size_components(device=device, dtype=config.dtype)
     pipe = build_pipeline(components, device)
     pipe.windows_per_batch = config.windows_per_batch
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    if config.name != "reference":  # the reference runs as published, uncapped
+        pipe.set_memory_limit(args.memory_limit_gib)
     if config.channels_last:
         pipe.enable_channels_last()
     if config.compile:
@@ -140,6 +144,17 @@ def bench_config(args, config: Config, device: torch.device) -> dict:
         with FlopCounterMode(display=False) as counter:
             step()
         flops = counter.get_total_flops()
+        activation, peak_before = None, 0
+        if device.type == "cuda" and not config.offload:
+            # Peak memory of one UNet call above what was held before it, per window: what
+            # controlnext_video.memory.ACTIVATION_BYTES_PER_ELEMENT estimates.
+            torch.cuda.synchronize(device)
+            held = torch.cuda.memory_allocated(device)
+            peak_before = torch.cuda.max_memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            torch.cuda.synchronize(device)
+            activation = (torch.cuda.max_memory_allocated(device) - held) / k
     seconds_per_window_step = seconds_per_call / k
 
     decode_latents = torch.randn(pipe.latent_shape(config.decode_chunk, h, w), device=device)
@@ -155,7 +170,10 @@ def bench_config(args, config: Config, device: torch.device) -> dict:
         unet_per_frame=unet_per_frame,
         decode_per_frame=decode_per_frame,
         tflops=flops / seconds_per_call / 1e12,
-        peak_gib=peak_memory_gib(device),
+        peak_gib=max(peak_before / 2**30, peak_memory_gib(device)),
+        activation_gib=None if activation is None else activation / 2**30,
+        bytes_per_element=None if activation is None else activation / (
+            2 * size * (h // 8) * (w // 8) * (torch.finfo(config.dtype).bits // 8)),
     )
 
 
@@ -178,6 +196,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--configs", default="reference,ours")
+    parser.add_argument("--memory-limit-gib", type=float, default=None,
+                        help="ours: cap GPU memory (e.g. 22 to hold the plan inside a 24 GB card on a bigger one)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the MFU column")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -204,6 +224,11 @@ def main() -> None:
         print(f"{r['name']:<10} {r['windows_per_call']:>12} {r['window_step']:>14.4f} {r['per_frame']:>9.4f} {r['unet_per_frame']:>9.4f} "
               f"{r['decode_per_frame']:>9.4f} {r['tflops']:>8.2f} {r['peak_gib']:>9.2f}"
               + (f"  MFU {100 * r['tflops'] / args.peak_tflops:.0f}%" if args.peak_tflops else ""))
+    for r in results:
+        if r["activation_gib"] is not None:
+            print(f"{r['name']}: activations {r['activation_gib']:.2f} GiB per window per UNet call, "
+                  f"{r['bytes_per_element']:.0f} bytes per latent element per dtype byte "
+                  f"(memory.ACTIVATION_BYTES_PER_ELEMENT estimates this)")
     if len(results) == 2:
         print(f"speed ratio {results[0]['name']}/{results[1]['name']} (s/frame): "
               f"{results[0]['per_frame'] / results[1]['per_frame']:.2f}x")

@@ -34,12 +34,29 @@ def plan_windows_per_batch(
     return max(1, min(num_windows, int(free_bytes * MEMORY_HEADROOM) // max(per_window, 1)))
 
 
-def free_memory(device: torch.device) -> int | None:
-    """Free bytes on a CUDA device (None elsewhere: no plan, one window per call)."""
+def free_memory(device: torch.device, limit_bytes: int | None = None) -> int | None:
+    """Free bytes on a CUDA device (None elsewhere: no plan, one window per call).
+
+    With `limit_bytes` (a memory cap for this process, e.g. to share a card or to hold a plan
+    inside a smaller card's memory), what this process may still allocate under the cap counts.
+    """
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
+    if limit_bytes is not None:
+        free = min(free, max(0, limit_bytes - torch.cuda.memory_reserved(device)))
     return int(free)
+
+
+def apply_memory_limit(device: torch.device, limit_bytes: int | None) -> None:
+    """Make the CUDA caching allocator refuse allocations past `limit_bytes` (an out-of-memory
+    error the pipeline's fallback handles), so a cap is enforced and not only planned for."""
+    if device.type != "cuda" or limit_bytes is None:
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    if limit_bytes <= 0:
+        raise ValueError(f"memory limit must be positive, got {limit_bytes} bytes")
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), device)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

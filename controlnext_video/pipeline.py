@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .control import ControlNeXtConfig, ControlNeXtModel
 from .injection import ControlSignal, control_injection
-from .memory import free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
+from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .sampler import sample_windows
 from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM, find_weights, load_into
 from .windows import Window, WindowPlan, plan_windows
@@ -91,6 +91,8 @@ class ControlNeXtSVDPipeline:
         self.offload = False
         # Windows per UNet call: an int, or None to plan from the free GPU memory (one on the CPU).
         self.windows_per_batch: int | None = None
+        # A GPU memory cap in bytes for planning and allocation (None: the whole card).
+        self.memory_limit: int | None = None
         # Batch sizes that ran out of memory, per (height, width, window), so later calls (later
         # segments on a worker) start below them.
         self._batch_limits: dict[tuple[int, int, int], int] = {}
@@ -195,6 +197,19 @@ class ControlNeXtSVDPipeline:
             module.to("cpu")
         return self
 
+    def set_memory_limit(self, gib: float | None) -> "ControlNeXtSVDPipeline":
+        """Cap this process's GPU memory at `gib` GiB (None: no cap): window batches are planned
+        under the cap and the CUDA allocator enforces it, so a plan that fits a 24 GB card can be
+        held on a larger one, or a card shared."""
+        if gib is None:
+            self.memory_limit = None
+            return self
+        if gib <= 0:
+            raise ValueError(f"memory limit must be a positive number of GiB, got {gib}")
+        self.memory_limit = int(gib * 2**30)
+        apply_memory_limit(self.device, self.memory_limit)
+        return self
+
     def compile(self, **compile_kwargs) -> "ControlNeXtSVDPipeline":
         """`torch.compile` the UNet block by block and the control module (regional compilation).
 
@@ -224,7 +239,7 @@ class ControlNeXtSVDPipeline:
         limit = self._batch_limits.get((height, width, plan.window_size), len(plan.windows))
         if self.windows_per_batch is not None:
             return max(1, min(self.windows_per_batch, limit))
-        free = free_memory(self.device)
+        free = free_memory(self.device, self.memory_limit)
         if free is None:
             return 1
         planned = plan_windows_per_batch(free, height, width, plan.window_size, self.dtype, len(plan.windows))

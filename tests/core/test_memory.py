@@ -111,3 +111,17 @@ def test_compiled_pipeline_agrees(tiny_model_dir):
     assert (first - plain).abs().max().item() < 1e-3
     assert (run(pipe) - first).abs().max().item() < 1e-3  # the compiled code is reused by later calls
     assert sum(len(m._forward_hooks) for m in pipe.unet.modules()) == 0
+
+
+def test_memory_limit_is_validated_and_ignored_off_the_gpu(tiny_pipe):
+    from controlnext_video.memory import free_memory
+
+    with pytest.raises(ValueError, match="positive number of GiB"):
+        tiny_pipe.set_memory_limit(0)
+    try:
+        tiny_pipe.set_memory_limit(1.5)
+        assert tiny_pipe.memory_limit == int(1.5 * 2**30)
+        assert free_memory(torch.device("cpu"), tiny_pipe.memory_limit) is None  # no plan on the CPU
+    finally:
+        tiny_pipe.set_memory_limit(None)
+    assert tiny_pipe.memory_limit is None
