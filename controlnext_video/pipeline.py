@@ -202,6 +202,8 @@ class ControlNeXtSVDPipeline:
         under the cap and the CUDA allocator enforces it, so a plan that fits a 24 GB card can be
         held on a larger one, or a card shared."""
         if gib is None:
+            if self.memory_limit is not None and self.device.type == "cuda":
+                torch.cuda.set_per_process_memory_fraction(1.0, self.device)
             self.memory_limit = None
             return self
         if gib <= 0:

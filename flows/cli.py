@@ -200,6 +200,12 @@ def render_command(
     audio: Annotated[bool, typer.Option(help="Carry the driving clip's audio.")] = True,
     store: Annotated[str | None, typer.Option(help="Artifact store root (folder or s3:// URL).")] = None,
     dispatch: Annotated[str | None, typer.Option(help="local, or deployment (GPU work pool).")] = None,
+    priority: Annotated[str | None, typer.Option(help="deployment: rush, default or batch work queue.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="deployment: segment runs in flight at once.")] = None,
+    segments_per_run: Annotated[
+        int | None, typer.Option(help="deployment: segments per render-segment run, the model loaded once (0: auto).")
+    ] = None,
+    gpu_memory_gib: Annotated[float | None, typer.Option(help="Cap on the GPU memory used, in GiB (0: no cap).")] = None,
     job_id: Annotated[str | None, typer.Option(help="Job id (default: derived from the request).")] = None,
 ) -> None:
     """Render a video: the reference performs the driving clip's motion."""
@@ -212,7 +218,8 @@ def render_command(
         stride=stride, max_frames=max_frames, seed=seed, pose_backend=pose_backend, dwpose_models=dwpose_models,
         align=align, device=device, dtype=dtype, control_scale=control_scale, decode_chunk_size=decode_chunk_size,
         segment_length=segment_length, segment_overlap=segment_overlap, output_format=output_format, crf=crf,
-        audio=audio, store=store, dispatch=dispatch, job_id=job_id,
+        audio=audio, store=store, dispatch=dispatch, priority=priority, max_in_flight=max_in_flight,
+        segments_per_run=segments_per_run, gpu_memory_gib=gpu_memory_gib, job_id=job_id,
     )
     _print_result(_run_render(request), request.store)
 

@@ -1,12 +1,17 @@
 """Segment dispatch: one interface, two modes, and the loop that drives either.
 
-- `LocalDispatcher` renders a segment in this process (the embedded default on one machine).
+- `LocalDispatcher` renders segments in this process (the embedded default on one machine).
 - `DeploymentDispatcher` starts a `render-segment` deployment run on a GPU work pool.
 
+A run renders one or more consecutive segments in turn with the pipeline loaded once (a render
+farm's chunk size: loading the model costs seconds to tens of seconds per process, and process
+workers start a new process per run). Each segment still writes its own record as it finishes,
+so a crash or a lost worker costs only the segments that run had not finished.
+
 `drive_segments` keeps at most `max_in_flight` runs going, never re-renders a segment whose record
-exists, resubmits crashed or lost runs (Prefect retries do not cover Crashed) up to
-`max_attempts`, treats a run whose heartbeat stops as lost, and fails the job at once, naming the
-segment, when a segment fails for a reason a retry would not fix.
+exists, resubmits the unfinished segments of crashed or lost runs (Prefect retries do not cover
+Crashed) up to `max_attempts` per segment, treats a run whose heartbeat stops as lost, and fails
+the job at once, naming the segment, when a segment fails for a reason a retry would not fix.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ DEFAULT_POLL_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class SegmentRun:
-    segment: int
+    segments: tuple[int, ...]
     attempt: int
     state: RunState = "pending"
     message: str = ""
@@ -36,7 +41,7 @@ class SegmentJobFailed(RuntimeError):
 
 
 class Dispatcher(Protocol):
-    def submit(self, segment: int, attempt: int) -> SegmentRun: ...
+    def submit(self, segments: tuple[int, ...], attempt: int) -> SegmentRun: ...
 
     def poll(self, run: SegmentRun) -> SegmentRun: ...
 
@@ -47,16 +52,16 @@ class Dispatcher(Protocol):
 
 @dataclass
 class LocalDispatcher:
-    """Runs `render(segment, attempt)` right away in this process; errors fail the segment."""
+    """Runs `render(segments, attempt)` right away in this process; errors fail the run."""
 
-    render: Callable[[int, int], None]
+    render: Callable[[tuple[int, ...], int], None]
 
-    def submit(self, segment: int, attempt: int) -> SegmentRun:
+    def submit(self, segments: tuple[int, ...], attempt: int) -> SegmentRun:
         try:
-            self.render(segment, attempt)
+            self.render(segments, attempt)
         except Exception as exc:  # the segment's own error: reported, not retried
-            return SegmentRun(segment, attempt, "failed", f"{type(exc).__name__}: {exc}")
-        return SegmentRun(segment, attempt, "completed")
+            return SegmentRun(segments, attempt, "failed", f"{type(exc).__name__}: {exc}")
+        return SegmentRun(segments, attempt, "completed")
 
     def poll(self, run: SegmentRun) -> SegmentRun:
         return run
@@ -70,28 +75,29 @@ class LocalDispatcher:
 
 @dataclass
 class DeploymentDispatcher:
-    """Starts one deployment run per segment attempt and follows its state through the API."""
+    """Starts one deployment run per group of segments and attempt, and follows its state through the API."""
 
     deployment: str
-    parameters: Callable[[int, int], dict]
+    parameters: Callable[[tuple[int, ...], int], dict]
     job_id: str
     work_queue_name: str | None = None
     extra_tags: tuple[str, ...] = ()
 
-    def submit(self, segment: int, attempt: int) -> SegmentRun:
+    def submit(self, segments: tuple[int, ...], attempt: int) -> SegmentRun:
         from prefect.deployments import run_deployment
 
+        name = segments_name(segments)
         flow_run = run_deployment(
             self.deployment,
-            parameters=self.parameters(segment, attempt),
+            parameters=self.parameters(segments, attempt),
             timeout=0,
-            idempotency_key=f"{self.job_id}:segment-{segment}:attempt-{attempt}",
+            idempotency_key=f"{self.job_id}:{name}:attempt-{attempt}",
             work_queue_name=self.work_queue_name,
-            tags=[f"job:{self.job_id}", f"segment:{segment}", *self.extra_tags],
-            flow_run_name=f"{self.job_id}-segment-{segment}-try-{attempt}",
+            tags=[f"job:{self.job_id}", *(f"segment:{s}" for s in segments), *self.extra_tags],
+            flow_run_name=f"{self.job_id}-{name}-try-{attempt}",
             as_subflow=True,
         )
-        return SegmentRun(segment, attempt, _state(flow_run.state), flow_run_id=str(flow_run.id))
+        return SegmentRun(segments, attempt, _state(flow_run.state), flow_run_id=str(flow_run.id))
 
     def poll(self, run: SegmentRun) -> SegmentRun:
         from prefect import get_client
@@ -115,6 +121,20 @@ class DeploymentDispatcher:
 
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run.flow_run_id, Crashed(message=reason), force=True)
+
+
+def segments_name(segments: tuple[int, ...]) -> str:
+    """`segment-3`, or `segments-3-5` for a run of consecutive segments."""
+    if len(segments) == 1:
+        return f"segment-{segments[0]}"
+    return f"segments-{segments[0]}-{segments[-1]}"
+
+
+def segments_per_run(requested: int, num_segments: int, max_in_flight: int, auto_cap: int = 4) -> int:
+    """Segments per run: `requested`, or (0) spread evenly over `max_in_flight` runs, at most `auto_cap`."""
+    if requested > 0:
+        return requested
+    return max(1, min(auto_cap, -(-num_segments // max_in_flight)))
 
 
 def _state(state) -> RunState:
@@ -148,23 +168,28 @@ def drive_segments(
     max_in_flight: int,
     max_attempts: int,
     stale_after: float,
+    per_run: int = 1,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
     log: Callable[[str], None] = print,
 ) -> dict[int, int]:
-    """Run every segment not yet done; return the number of attempts each one took.
+    """Run every segment not yet done, `per_run` consecutive segments per run; return the number of
+    attempts each segment took.
 
     Raises SegmentJobFailed when a segment fails for its own reasons (no retry), or crashes,
     is lost or is cancelled `max_attempts` times. In-flight runs are cancelled first.
     """
+    if per_run < 1:
+        raise ValueError(f"per_run must be at least 1, got {per_run}")
     total = len(segments)
     done = {s for s in segments if is_done(s)}
     if done:
         log(f"{len(done)} of {total} segments already rendered: not rendering them again")
-    queue = deque(s for s in segments if s not in done)
+    todo = [s for s in segments if s not in done]
+    queue = deque(tuple(todo[i : i + per_run]) for i in range(0, len(todo), per_run))
     attempts: dict[int, int] = {}
-    in_flight: dict[int, SegmentRun] = {}
-    watches: dict[int, _Watch] = {}
+    in_flight: dict[tuple[int, ...], SegmentRun] = {}
+    watches: dict[tuple[int, ...], _Watch] = {}
     on_progress(len(done), total)
 
     def fail(message: str) -> None:
@@ -172,43 +197,60 @@ def drive_segments(
             dispatcher.cancel(run, f"job failed: {message}")
         raise SegmentJobFailed(message)
 
-    def retry_or_fail(run: SegmentRun, why: str) -> None:
-        if attempts[run.segment] >= max_attempts:
-            fail(f"segment {run.segment} {why} {attempts[run.segment]} times (max_attempts={max_attempts}); "
-                 f"last: {run.message or 'no message'}")
-        log(f"segment {run.segment} {why} on attempt {run.attempt}: resubmitting ({run.message})")
-        queue.appendleft(run.segment)
+    def collect(group: tuple[int, ...]) -> list[int]:
+        """Count the group's newly recorded segments as done; return those still unfinished."""
+        fresh = [s for s in group if s not in done and is_done(s)]
+        if fresh:
+            done.update(fresh)
+            on_progress(len(done), total)
+        return [s for s in group if s not in done]
+
+    def retry_or_fail(run: SegmentRun, remaining: list[int], why: str) -> None:
+        for segment in remaining:
+            if attempts[segment] >= max_attempts:
+                fail(f"segment {segment} {why} {attempts[segment]} times (max_attempts={max_attempts}); "
+                     f"last: {run.message or 'no message'}")
+        log(f"{segments_name(tuple(remaining)).replace('-', ' ', 1)} {why} on attempt {run.attempt}: "
+            f"resubmitting ({run.message})")
+        queue.appendleft(tuple(remaining))
 
     while queue or in_flight:
         while queue and len(in_flight) < max_in_flight:
-            segment = queue.popleft()
-            attempts[segment] = attempts.get(segment, 0) + 1
-            in_flight[segment] = dispatcher.submit(segment, attempts[segment])
-            watches[segment] = _Watch()
-        for segment, run in list(in_flight.items()):
-            run = in_flight[segment] = dispatcher.poll(run)
+            group = queue.popleft()
+            for segment in group:
+                attempts[segment] = attempts.get(segment, 0) + 1
+            in_flight[group] = dispatcher.submit(group, max(attempts[s] for s in group))
+            watches[group] = _Watch()
+        for group, run in list(in_flight.items()):
+            run = in_flight[group] = dispatcher.poll(run)
             if run.state == "pending":
-                watches[segment] = _Watch()  # a queued run is not lost: the clock starts when it runs
+                watches[group] = _Watch()  # a queued run is not lost: the clock starts when it runs
                 continue
             if run.state == "running":
-                beat, watch = heartbeat(segment), watches[segment]
+                collect(group)
+                beat, watch = tuple(heartbeat(s) for s in group), watches[group]
                 if beat != watch.beat:
-                    watches[segment] = _Watch(beat)
+                    watches[group] = _Watch(beat)
                 elif time.monotonic() - watch.changed_at > stale_after:
                     dispatcher.mark_lost(run, f"no heartbeat for {stale_after:.0f} s: worker lost")
-                    del in_flight[segment]
-                    retry_or_fail(replace(run, message=f"no heartbeat for {stale_after:.0f} s"), "was lost")
+                    del in_flight[group]
+                    remaining = collect(group)
+                    if remaining:
+                        retry_or_fail(replace(run, message=f"no heartbeat for {stale_after:.0f} s"),
+                                      remaining, "was lost")
                 continue
-            del in_flight[segment]
-            if is_done(segment):  # a record exists: done, whatever the run's final state says
-                done.add(segment)
-                on_progress(len(done), total)
-            elif run.state == "failed":
-                fail(f"segment {segment} failed: {run.message}")
+            del in_flight[group]
+            remaining = collect(group)  # a record exists: done, whatever the run's final state says
+            if not remaining:
+                continue
+            if run.state == "failed":
+                # A run renders its segments in order and stops at the first failure.
+                fail(f"segment {remaining[0]} failed: {run.message}")
             elif run.state == "completed":
-                retry_or_fail(replace(run, message="completed without writing its record"), "left no record")
+                retry_or_fail(replace(run, message="completed without writing its record"), remaining,
+                              "left no record")
             else:
-                retry_or_fail(run, "crashed" if run.state == "crashed" else "was cancelled")
+                retry_or_fail(run, remaining, "crashed" if run.state == "crashed" else "was cancelled")
         if in_flight:
             time.sleep(poll_seconds)
     return attempts

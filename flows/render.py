@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_run
 
 from . import stages
-from .dispatch import DeploymentDispatcher, LocalDispatcher, drive_segments
+from .dispatch import DeploymentDispatcher, LocalDispatcher, drive_segments, segments_per_run
 from .progress import ProgressReporter
 from .report import write_report
 from .request import RenderRequest
@@ -119,21 +119,25 @@ def render_segments(request: RenderRequest, job_id: str, segments: list[list[int
     reporter = ProgressReporter(f"{job_id}-progress", f"job {job_id}: segments rendered")
     if request.dispatch == "local":
         dispatcher = LocalDispatcher(
-            lambda segment, attempt: render_segment(request.store, job_id, segment, attempt, ""))
+            lambda group, attempt: render_segment(request.store, job_id, list(group), attempt, ""))
         poll = 0.0
+        per_run = 1  # one process keeps its pipeline loaded: a subflow per segment, for the UI
     else:
         dispatcher = DeploymentDispatcher(
             deployment=request.segment_deployment,
-            parameters=lambda segment, attempt: dict(store=request.store, job_id=job_id, segment=segment,
-                                                     attempt=attempt, parent_flow_run_id=parent_id),
+            parameters=lambda group, attempt: dict(store=request.store, job_id=job_id, segments=list(group),
+                                                   attempt=attempt, parent_flow_run_id=parent_id),
             job_id=job_id, work_queue_name=request.priority, extra_tags=(f"parent:{parent_id}",),
         )
         poll = min(2.0, request.stale_after_seconds / 10)
+        per_run = segments_per_run(request.segments_per_run, len(segments), request.max_in_flight)
+        logger.info("%s segments, %s per render-segment run, at most %s runs in flight",
+                    len(segments), per_run, request.max_in_flight)
     return drive_segments(
         [s[0] for s in segments], dispatcher,
         is_done=lambda k: stages.segment_done(job, k), heartbeat=lambda k: stages.read_heartbeat(job, k),
         max_in_flight=request.max_in_flight, max_attempts=request.max_attempts,
-        stale_after=request.stale_after_seconds, poll_seconds=poll,
+        stale_after=request.stale_after_seconds, per_run=per_run, poll_seconds=poll,
         on_progress=lambda done, total: reporter.update(done / total, f"{done}/{total} segments rendered"),
         log=logger.info,
     )

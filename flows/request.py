@@ -69,6 +69,10 @@ class RenderRequest(BaseModel):
     segment_deployment: str = Field("render-segment/gpu", description="Deployment that renders a segment.")
     priority: Literal["rush", "default", "batch"] = Field("default", description="Work queue of the segment runs.")
     max_in_flight: int = Field(4, ge=1, le=256, description="Segment runs in flight at once.")
+    segments_per_run: int = Field(
+        0, ge=0, le=64,
+        description="Segments one render-segment run renders in turn, loading the model once (a render farm's "
+                    "chunk size). 0: auto, the job spread evenly over max_in_flight runs, at most 4 per run.")
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per segment when a worker crashes or is lost.")
     stale_after_seconds: float = Field(
         300.0, ge=5.0, description="A running segment with no heartbeat for this long is treated as lost.")
@@ -80,6 +84,11 @@ class RenderRequest(BaseModel):
     device: str = Field("auto", description="Torch device on the workers: auto, cuda, cuda:N or cpu.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Compute precision: auto = bfloat16 on GPU, float32 on CPU.")
+    gpu_memory_gib: float = Field(
+        0.0, ge=0.0, le=1024.0,
+        description="Cap on the GPU memory a worker uses, in GiB (0: the whole card). Windows per UNet call are "
+                    "planned under it and the allocator enforces it: to share a card, or to keep a plan that fits "
+                    "smaller cards.")
 
     @model_validator(mode="after")
     def _check(self) -> "RenderRequest":
@@ -96,7 +105,7 @@ class RenderRequest(BaseModel):
     def content_hash(self) -> str:
         """A digest of the settings that decide the pictures (not where they go or how they are dispatched)."""
         ignored = {"job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight",
-                   "max_attempts", "stale_after_seconds", "store"}
+                   "segments_per_run", "max_attempts", "stale_after_seconds", "store", "gpu_memory_gib"}
         data = self.model_dump(exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

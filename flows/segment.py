@@ -1,9 +1,11 @@
-"""The `render-segment` flow: renders one segment of a job, on whichever worker picks it up.
+"""The `render-segment` flow: renders one or more segments of a job, in turn, on whichever worker
+picks it up.
 
-The pipeline is loaded once per process and reused by every segment that process renders. The
-flow writes its frames and then its record (atomically): a segment whose record exists is done
-and is never rendered again. While it runs it writes a heartbeat, reports per-step progress, and
-stops when its parent job is cancelled or has ended.
+The pipeline is loaded once per process and reused by every segment that process renders (a run
+given several segments pays for loading once). For each segment the flow writes its frames and then
+its record (atomically): a segment whose record exists is done and is never rendered again. While
+it runs it writes a heartbeat, reports per-step progress, and stops when its parent job is
+cancelled or has ended.
 """
 
 from __future__ import annotations
@@ -69,9 +71,32 @@ def parent_has_ended(parent_flow_run_id: str) -> str | None:
     return None
 
 
-@flow(name="render-segment", flow_run_name="{job_id}-segment-{segment}", log_prints=True)
-def render_segment(store: str, job_id: str, segment: int, attempt: int = 1, parent_flow_run_id: str = "") -> dict:
-    """Render one segment of a job (frames and record into the job's store folder)."""
+def _run_name() -> str:
+    from prefect.runtime import flow_run as current_run
+
+    from .dispatch import segments_name
+
+    params = current_run.parameters
+    return f"{params.get('job_id', 'job')}-{segments_name(tuple(params.get('segments') or (0,)))}"
+
+
+@flow(name="render-segment", flow_run_name=_run_name, log_prints=True)
+def render_segment(
+    store: str, job_id: str, segments: list[int], attempt: int = 1, parent_flow_run_id: str = ""
+) -> list[dict]:
+    """Render `segments` of a job in turn (frames and a record each, into the job's store folder)."""
+    if not segments:
+        raise ValueError("render-segment needs at least one segment index")
+    records = []
+    for segment in segments:
+        record = _render_one(store, job_id, segment, attempt, parent_flow_run_id)
+        if not isinstance(record, dict):  # Cancelled: the job ended
+            return record
+        records.append(record)
+    return records
+
+
+def _render_one(store: str, job_id: str, segment: int, attempt: int, parent_flow_run_id: str):
     logger = get_run_logger()
     job = JobContext.open(store, job_id)
     if segment_done(job, segment):
@@ -82,6 +107,7 @@ def render_segment(store: str, job_id: str, segment: int, attempt: int = 1, pare
     heartbeat_interval = max(1.0, min(10.0, request.stale_after_seconds / 5))
     with Heartbeat(job, segment, attempt, heartbeat_interval) as heartbeat:
         pipe = get_pipeline(request.model, request.device, request.dtype)
+        pipe.set_memory_limit(request.gpu_memory_gib or None)
         loaded = time.time()
         reporter = ProgressReporter(f"{job_id}-segment-{segment}", f"segment {segment}: denoising")
         last_check = [time.monotonic()]

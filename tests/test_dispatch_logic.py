@@ -11,7 +11,8 @@ from flows.dispatch import LocalDispatcher, SegmentJobFailed, SegmentRun, drive_
 
 @dataclass
 class Scripted:
-    """Each (segment, attempt) follows a scripted list of states; 'completed' writes its record."""
+    """Each (first segment, attempt) follows a scripted list of states; 'completed' writes the records
+    of all the run's segments, ('partial', k) the records of its first k segments and runs on."""
 
     script: dict
     records: set = field(default_factory=set)
@@ -20,24 +21,27 @@ class Scripted:
     lost: list = field(default_factory=list)
     beats: dict = field(default_factory=dict)
 
-    def submit(self, segment, attempt):
-        self.submitted.append((segment, attempt))
-        return SegmentRun(segment, attempt, "pending", flow_run_id=f"{segment}-{attempt}")
+    def submit(self, segments, attempt):
+        self.submitted.append((segments[0] if len(segments) == 1 else segments, attempt))
+        return SegmentRun(segments, attempt, "pending", flow_run_id=f"{segments}-{attempt}")
 
     def poll(self, run):
-        states = self.script.get((run.segment, run.attempt), ["completed"])
+        states = self.script.get((run.segments[0], run.attempt), ["completed"])
         state = states.pop(0) if len(states) > 1 else states[0]
         if state == "completed":
-            self.records.add(run.segment)
+            self.records.update(run.segments)
+        if isinstance(state, tuple):
+            self.records.update(run.segments[: state[1]])
+            state = "running"
         if state == "running":
-            self.beats[run.segment] = self.beats.get(run.segment, 0)
+            self.beats[run.segments[0]] = self.beats.get(run.segments[0], 0)
         return replace(run, state=state, message=f"scripted {state}")
 
     def cancel(self, run, reason):
-        self.cancelled.append((run.segment, reason))
+        self.cancelled.append((run.segments[0], reason))
 
     def mark_lost(self, run, reason):
-        self.lost.append((run.segment, reason))
+        self.lost.append((run.segments[0], reason))
 
 
 def drive(d, segments, **kw):
@@ -80,7 +84,7 @@ def test_crashed_run_that_wrote_its_record_counts_as_done():
     class LateRecord(Scripted):
         def poll(self, run):
             run = super().poll(run)
-            self.records.add(run.segment)  # the record appeared: Crashed was not final (P3)
+            self.records.update(run.segments)  # the record appeared: Crashed was not final (P3)
             return run
 
     late = LateRecord({(0, 1): ["crashed"]})
@@ -104,7 +108,8 @@ def test_failure_cancels_runs_in_flight():
 def test_local_dispatcher_reports_errors_as_failures():
     calls, records = [], set()
 
-    def render(segment, attempt):
+    def render(segments, attempt):
+        (segment,) = segments
         calls.append(segment)
         if segment == 2:
             raise ValueError("pose frame 17 is corrupt")
@@ -114,6 +119,45 @@ def test_local_dispatcher_reports_errors_as_failures():
         drive_segments([0, 1, 2, 3], LocalDispatcher(render), is_done=records.__contains__, heartbeat=lambda s: None,
                        max_in_flight=1, max_attempts=3, stale_after=60, poll_seconds=0, log=lambda m: None)
     assert calls == [0, 1, 2]
+
+
+def test_runs_take_consecutive_segments_and_skip_done_ones():
+    d = Scripted({})
+    d.records.add(2)
+    attempts = drive(d, [0, 1, 2, 3, 4, 5], per_run=2)
+    assert d.submitted == [((0, 1), 1), ((3, 4), 1), (5, 1)]
+    assert sorted(d.records) == [0, 1, 2, 3, 4, 5] and set(attempts.values()) == {1}
+
+
+def test_crashed_run_resubmits_only_its_unfinished_segments():
+    # The run of 0-2 finishes segment 0, then its worker crashes: 1 and 2 go again, 0 does not.
+    d = Scripted({(0, 1): [("partial", 1), "crashed"]})
+    progress = []
+    attempts = drive(d, [0, 1, 2], per_run=3, on_progress=lambda done, total: progress.append(done))
+    assert d.submitted == [((0, 1, 2), 1), ((1, 2), 2)]
+    assert attempts == {0: 1, 1: 2, 2: 2}
+    assert progress == [0, 1, 3]  # segment 0 counted while its run was still going
+
+
+def test_lost_group_is_detected_and_failure_names_the_first_unfinished_segment():
+    d = Scripted({(0, 1): [("partial", 1)], (1, 2): ["completed"]})
+    attempts = drive(d, [0, 1], per_run=2, stale_after=0.0)
+    assert attempts == {0: 1, 1: 2} and d.lost
+    d = Scripted({(0, 1): [("partial", 1), "failed"]})
+    with pytest.raises(SegmentJobFailed, match="segment 1 failed"):
+        drive(d, [0, 1, 2], per_run=3)
+    assert d.submitted == [((0, 1, 2), 1)]
+
+
+def test_segments_per_run_policy():
+    from flows.dispatch import segments_per_run
+
+    assert segments_per_run(3, 10, 4) == 3  # as requested
+    assert segments_per_run(0, 8, 4) == 2  # auto: spread evenly over the runs in flight
+    assert segments_per_run(0, 3, 4) == 1
+    assert segments_per_run(0, 100, 2) == 4  # capped: a lost run costs at most a few segments
+    with pytest.raises(ValueError, match="per_run"):
+        drive(Scripted({}), [0], per_run=0)
 
 
 def test_stage_retries_are_for_io_errors_only():
