@@ -206,6 +206,12 @@ def render_command(
         int | None, typer.Option(help="deployment: segments per render-segment run, the model loaded once (0: auto).")
     ] = None,
     gpu_memory_gib: Annotated[float | None, typer.Option(help="Cap on the GPU memory used, in GiB (0: no cap).")] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet (GPU; cached on disk).")
+    ] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last/--no-channels-last", help="Channels-last convolutions (GPU).")
+    ] = None,
     job_id: Annotated[str | None, typer.Option(help="Job id (default: derived from the request).")] = None,
 ) -> None:
     """Render a video: the reference performs the driving clip's motion."""
@@ -219,7 +225,8 @@ def render_command(
         align=align, device=device, dtype=dtype, control_scale=control_scale, decode_chunk_size=decode_chunk_size,
         segment_length=segment_length, segment_overlap=segment_overlap, output_format=output_format, crf=crf,
         audio=audio, store=store, dispatch=dispatch, priority=priority, max_in_flight=max_in_flight,
-        segments_per_run=segments_per_run, gpu_memory_gib=gpu_memory_gib, job_id=job_id,
+        segments_per_run=segments_per_run, gpu_memory_gib=gpu_memory_gib, compile=compile,
+        channels_last=channels_last, job_id=job_id,
     )
     _print_result(_run_render(request), request.store)
 

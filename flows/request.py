@@ -84,6 +84,10 @@ class RenderRequest(BaseModel):
     device: str = Field("auto", description="Torch device on the workers: auto, cuda, cuda:N or cpu.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Compute precision: auto = bfloat16 on GPU, float32 on CPU.")
+    compile: bool = Field(
+        False, description="torch.compile the UNet blocks on the workers (GPU). The first run on a worker pays the "
+                           "compilation; compiled kernels are cached on disk (TORCHINDUCTOR_CACHE_DIR) for later runs.")
+    channels_last: bool = Field(False, description="Channels-last convolution weights on the workers (GPU).")
     gpu_memory_gib: float = Field(
         0.0, ge=0.0, le=1024.0,
         description="Cap on the GPU memory a worker uses, in GiB (0: the whole card). Windows per UNet call are "
@@ -105,7 +109,8 @@ class RenderRequest(BaseModel):
     def content_hash(self) -> str:
         """A digest of the settings that decide the pictures (not where they go or how they are dispatched)."""
         ignored = {"job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight",
-                   "segments_per_run", "max_attempts", "stale_after_seconds", "store", "gpu_memory_gib"}
+                   "segments_per_run", "max_attempts", "stale_after_seconds", "store", "gpu_memory_gib",
+                   "compile", "channels_last"}
         data = self.model_dump(exclude=ignored)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

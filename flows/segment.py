@@ -47,16 +47,21 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def get_pipeline(model: str, device: str, dtype: str):
-    """The pipeline for (model, device, dtype), loaded on first use and kept for the process."""
+def get_pipeline(model: str, device: str, dtype: str, compile: bool = False, channels_last: bool = False):
+    """The pipeline for these settings, loaded on first use and kept for the process."""
     from controlnext_video import ControlNeXtSVDPipeline
 
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    key = (model, device, str(torch_dtype))
+    key = (model, device, str(torch_dtype), compile, channels_last)
     with _pipelines_lock:
         if key not in _pipelines:
-            _pipelines[key] = ControlNeXtSVDPipeline.from_pretrained(model, torch_dtype=torch_dtype, device=device)
+            pipe = ControlNeXtSVDPipeline.from_pretrained(model, torch_dtype=torch_dtype, device=device)
+            if channels_last:
+                pipe.enable_channels_last()
+            if compile:
+                pipe.compile()
+            _pipelines[key] = pipe
         return _pipelines[key]
 
 
@@ -106,7 +111,7 @@ def _render_one(store: str, job_id: str, segment: int, attempt: int, parent_flow
     started = time.time()
     heartbeat_interval = max(1.0, min(10.0, request.stale_after_seconds / 5))
     with Heartbeat(job, segment, attempt, heartbeat_interval) as heartbeat:
-        pipe = get_pipeline(request.model, request.device, request.dtype)
+        pipe = get_pipeline(request.model, request.device, request.dtype, request.compile, request.channels_last)
         pipe.set_memory_limit(request.gpu_memory_gib or None)
         loaded = time.time()
         reporter = ProgressReporter(f"{job_id}-segment-{segment}", f"segment {segment}: denoising")

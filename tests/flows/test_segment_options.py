@@ -1,0 +1,40 @@
+"""The worker-side pipeline options a request carries: compile, channels-last, a GPU memory cap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def test_pipeline_options_are_applied_and_cached_per_setting(tiny_model):
+    from flows.segment import _pipelines, get_pipeline
+
+    plain = get_pipeline(str(tiny_model), "cpu", "float32")
+    assert get_pipeline(str(tiny_model), "cpu", "float32") is plain  # loaded once per process
+    assert not plain.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+    fast = get_pipeline(str(tiny_model), "cpu", "float32", compile=True, channels_last=True)
+    assert fast is not plain
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    blocks = (*fast.unet.down_blocks, fast.unet.mid_block, *fast.unet.up_blocks)
+    assert all(block._compiled_call_impl is not None for block in blocks)  # compiled lazily, on first call
+    assert plain.unet.down_blocks[0]._compiled_call_impl is None
+    for key in [k for k in _pipelines if k[0] == str(tiny_model)]:
+        del _pipelines[key]
+
+
+def test_request_and_cli_carry_the_options(tiny_model):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.request import RenderRequest
+
+    base = RenderRequest(reference="r.png", driving="d.mp4")
+    fast = base.model_copy(update=dict(compile=True, channels_last=True, gpu_memory_gib=22, segments_per_run=3))
+    assert fast.resolved_job_id() == base.resolved_job_id()  # speed settings do not change the job
+    with pytest.raises(ValueError, match="gpu_memory_gib"):
+        RenderRequest(gpu_memory_gib=-1)
+    help_text = CliRunner().invoke(app, ["render", "--help"], terminal_width=200).output
+    for option in ("--compile", "--channels-last", "--gpu-memory-gib", "--segments-per-run", "--max-in-flight",
+                   "--priority"):
+        assert option in help_text, option
