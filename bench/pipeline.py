@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controlnext_video.factory import build_pipeline, svd_size_components, tiny_components  # noqa: E402
 from controlnext_video.injection import control_injection  # noqa: E402
+from controlnext_video.memory import ACTIVATION_BYTES_PER_ELEMENT, window_bytes  # noqa: E402
 from controlnext_video.windows import Window, plan_windows  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -100,10 +101,8 @@ def make_pipe(args, config: Config, device: torch.device):
         components = svd_size_components(device=device, dtype=config.dtype)
     pipe = build_pipeline(components, device)
     pipe.windows_per_batch = config.windows_per_batch
-    if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-    if config.name != "reference":  # the reference runs as published, uncapped
-        pipe.set_memory_limit(args.memory_limit_gib)
+    # The reference runs as published, uncapped (this also lifts a cap an earlier config set).
+    pipe.set_memory_limit(None if config.name == "reference" else args.memory_limit_gib)
     if config.channels_last:
         pipe.enable_channels_last()
     if config.compile:
@@ -172,8 +171,8 @@ def bench_config(args, config: Config, device: torch.device) -> dict:
         tflops=flops / seconds_per_call / 1e12,
         peak_gib=max(peak_before / 2**30, peak_memory_gib(device)),
         activation_gib=None if activation is None else activation / 2**30,
-        bytes_per_element=None if activation is None else activation / (
-            2 * size * (h // 8) * (w // 8) * (torch.finfo(config.dtype).bits // 8)),
+        bytes_per_element=None if activation is None else (
+            activation / window_bytes(h, w, size, config.dtype) * ACTIVATION_BYTES_PER_ELEMENT),
     )
 
 

@@ -50,13 +50,15 @@ def free_memory(device: torch.device, limit_bytes: int | None = None) -> int | N
 
 def apply_memory_limit(device: torch.device, limit_bytes: int | None) -> None:
     """Make the CUDA caching allocator refuse allocations past `limit_bytes` (an out-of-memory
-    error the pipeline's fallback handles), so a cap is enforced and not only planned for."""
-    if device.type != "cuda" or limit_bytes is None:
+    error the pipeline's fallback handles), so a cap is enforced and not only planned for;
+    None lifts the cap."""
+    if limit_bytes is not None and limit_bytes <= 0:
+        raise ValueError(f"memory limit must be positive, got {limit_bytes} bytes")
+    if device.type != "cuda":
         return
     total = torch.cuda.get_device_properties(device).total_memory
-    if limit_bytes <= 0:
-        raise ValueError(f"memory limit must be positive, got {limit_bytes} bytes")
-    torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), device)
+    fraction = 1.0 if limit_bytes is None else min(1.0, limit_bytes / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -201,14 +201,9 @@ class ControlNeXtSVDPipeline:
         """Cap this process's GPU memory at `gib` GiB (None: no cap): window batches are planned
         under the cap and the CUDA allocator enforces it, so a plan that fits a 24 GB card can be
         held on a larger one, or a card shared."""
-        if gib is None:
-            if self.memory_limit is not None and self.device.type == "cuda":
-                torch.cuda.set_per_process_memory_fraction(1.0, self.device)
-            self.memory_limit = None
-            return self
-        if gib <= 0:
+        if gib is not None and gib <= 0:
             raise ValueError(f"memory limit must be a positive number of GiB, got {gib}")
-        self.memory_limit = int(gib * 2**30)
+        self.memory_limit = None if gib is None else int(gib * 2**30)
         apply_memory_limit(self.device, self.memory_limit)
         return self
 

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from flows.localcluster import prefect_executable
+
 app = typer.Typer(
     name="controlnext-video",
     help="Animate a reference image with the motion of a driving video (ControlNeXt-SVD).",
@@ -265,14 +267,6 @@ PRIORITY_QUEUES = {"rush": 1, "default": 5, "batch": 10}
 WORK_POOLS = ("cpu", "gpu")
 
 
-def _prefect_executable() -> str:
-    import shutil
-    import sys
-
-    beside = Path(sys.executable).parent / "prefect"
-    return str(beside) if beside.is_file() else (shutil.which("prefect") or "prefect")
-
-
 @app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -281,7 +275,8 @@ def serve_command(
     """Run a Prefect server (API and UI) for a cluster: `prefect server start`."""
     import os
 
-    os.execv(_prefect_executable(), [_prefect_executable(), "server", "start", "--host", host, "--port", str(port)])
+    prefect = prefect_executable()
+    os.execv(prefect, [prefect, "server", "start", "--host", host, "--port", str(port)])
 
 
 def create_pools_and_queues() -> None:
@@ -316,7 +311,7 @@ def setup_cluster_command(
     create_pools_and_queues()
     project_dir = project_dir.resolve()
     env = dict(os.environ, CONTROLNEXT_PROJECT_DIR=str(project_dir), CONTROLNEXT_INBOX=inbox)
-    subprocess.run([_prefect_executable(), "--no-prompt", "deploy", "--all"], cwd=project_dir, env=env, check=True)
+    subprocess.run([prefect_executable(), "--no-prompt", "deploy", "--all"], cwd=project_dir, env=env, check=True)
     typer.echo("work pools cpu and gpu, queues rush/default/batch, deployments render/default, "
                "render-segment/gpu and inbox/scheduled are ready")
 
@@ -337,7 +332,7 @@ def worker_command(
     env = dict(os.environ, WORKER_ID=name)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    args = [_prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit),
+    args = [prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit),
             "--type", "process"] + (["--with-healthcheck"] if healthcheck else [])
     os.execve(args[0], args, env)
 

@@ -123,11 +123,16 @@ class DeploymentDispatcher:
             client.set_flow_run_state(run.flow_run_id, Crashed(message=reason), force=True)
 
 
-def segments_name(segments: tuple[int, ...]) -> str:
-    """`segment-3`, or `segments-3-5` for a run of consecutive segments."""
+def segments_label(segments: tuple[int, ...]) -> str:
+    """`segment 3`, or `segments 3-5` for a run of consecutive segments."""
     if len(segments) == 1:
-        return f"segment-{segments[0]}"
-    return f"segments-{segments[0]}-{segments[-1]}"
+        return f"segment {segments[0]}"
+    return f"segments {segments[0]}-{segments[-1]}"
+
+
+def segments_name(segments: tuple[int, ...]) -> str:
+    """The label as a run-name part: `segment-3`, `segments-3-5`."""
+    return segments_label(segments).replace(" ", "-")
 
 
 def segments_per_run(requested: int, num_segments: int, max_in_flight: int, auto_cap: int = 4) -> int:
@@ -210,8 +215,7 @@ def drive_segments(
             if attempts[segment] >= max_attempts:
                 fail(f"segment {segment} {why} {attempts[segment]} times (max_attempts={max_attempts}); "
                      f"last: {run.message or 'no message'}")
-        log(f"{segments_name(tuple(remaining)).replace('-', ' ', 1)} {why} on attempt {run.attempt}: "
-            f"resubmitting ({run.message})")
+        log(f"{segments_label(tuple(remaining))} {why} on attempt {run.attempt}: resubmitting ({run.message})")
         queue.appendleft(tuple(remaining))
 
     while queue or in_flight:
@@ -227,14 +231,13 @@ def drive_segments(
                 watches[group] = _Watch()  # a queued run is not lost: the clock starts when it runs
                 continue
             if run.state == "running":
-                collect(group)
-                beat, watch = tuple(heartbeat(s) for s in group), watches[group]
+                remaining = collect(group)
+                beat, watch = tuple(heartbeat(s) for s in remaining), watches[group]
                 if beat != watch.beat:
                     watches[group] = _Watch(beat)
                 elif time.monotonic() - watch.changed_at > stale_after:
                     dispatcher.mark_lost(run, f"no heartbeat for {stale_after:.0f} s: worker lost")
                     del in_flight[group]
-                    remaining = collect(group)
                     if remaining:
                         retry_or_fail(replace(run, message=f"no heartbeat for {stale_after:.0f} s"),
                                       remaining, "was lost")

@@ -20,7 +20,11 @@ SERVER_START_TIMEOUT = 120.0
 
 
 def prefect_executable() -> str:
-    return str(Path(sys.executable).parent / "prefect")
+    """The `prefect` command of this environment (beside the interpreter), else the one on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).parent / "prefect"
+    return str(beside) if beside.is_file() else (shutil.which("prefect") or "prefect")
 
 
 def free_port() -> int:

@@ -19,11 +19,11 @@ from pose.detect import make_detector
 from pose.errors import PoseInputError, require
 from pose.extract import detect_clip, detect_reference, prepare_reference
 from pose.render import RenderStyle, overlay, render_pose
+from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
+from pose.types import PoseSequence
 
 # x264 quality of the preview (it is for checking alignment, not for delivery).
 PREVIEW_CRF = 20
-from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
-from pose.types import PoseSequence
 
 REFERENCE_JSON = "reference_pose.json"
 DRIVING_JSON = "driving_poses.json"
