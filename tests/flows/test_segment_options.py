@@ -38,3 +38,22 @@ def test_request_and_cli_carry_the_options(tiny_model):
     for option in ("--compile", "--channels-last", "--gpu-memory-gib", "--segments-per-run", "--max-in-flight",
                    "--priority"):
         assert option in help_text, option
+
+
+def test_render_command_passes_the_options_into_the_request(monkeypatch):
+    from typer.testing import CliRunner
+
+    import flows.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_render", lambda request: seen.append(request) or {})
+    monkeypatch.setattr(cli, "_print_result", lambda result, store: None)
+    result = CliRunner().invoke(cli.app, [
+        "render", "--reference", "r.png", "--driving", "d.mp4", "--model", "m", "--output", "o.mp4",
+        "--dispatch", "deployment", "--priority", "rush", "--max-in-flight", "2", "--segments-per-run", "3",
+        "--gpu-memory-gib", "22", "--compile", "--channels-last",
+    ])
+    assert result.exit_code == 0, result.output
+    (request,) = seen
+    assert (request.priority, request.max_in_flight, request.segments_per_run) == ("rush", 2, 3)
+    assert (request.gpu_memory_gib, request.compile, request.channels_last) == (22.0, True, True)
