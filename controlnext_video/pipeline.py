@@ -26,7 +26,7 @@ from .control import ControlNeXtConfig, ControlNeXtModel
 from .injection import ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .sampler import sample_windows
-from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM, find_weights, load_into
+from .weights import load_into
 from .windows import Window, WindowPlan, plan_windows
 
 # Defaults of the reference inference script (ControlNeXt-SVD v2).
@@ -119,27 +119,10 @@ class ControlNeXtSVDPipeline:
         """
         from transformers import CLIPVisionModelWithProjection
 
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise FileNotFoundError(f"model directory not found: {model_dir}")
-        for sub in ("unet/config.json", "vae/config.json", "image_encoder/config.json",
-                    "scheduler/scheduler_config.json", "feature_extractor/preprocessor_config.json"):
-            if not (model_dir / sub).is_file():
-                raise FileNotFoundError(f"{model_dir} is not an SVD model directory: {sub} is missing")
-        unet_path = Path(unet_weights) if unet_weights else find_weights(model_dir, UNET_WEIGHTS_STEM)
-        if unet_path is None:
-            raise FileNotFoundError(
-                f"ControlNeXt UNet weights not found: expected {UNET_WEIGHTS_STEM}.safetensors or "
-                f"{UNET_WEIGHTS_STEM}.bin in {model_dir} (or pass unet_weights=)"
-            )
-        control_path = (
-            Path(controlnext_weights) if controlnext_weights else find_weights(model_dir, CONTROLNEXT_WEIGHTS_STEM)
-        )
-        if control_path is None:
-            raise FileNotFoundError(
-                f"ControlNeXt control-module weights not found: expected {CONTROLNEXT_WEIGHTS_STEM}.safetensors "
-                f"or {CONTROLNEXT_WEIGHTS_STEM}.bin in {model_dir} (or pass controlnext_weights=)"
-            )
+        from .model_dir import check_model_dir
+
+        files = check_model_dir(model_dir, unet_weights, controlnext_weights)
+        model_dir, unet_path, control_path = files.root, files.unet_weights, files.controlnext_weights
 
         unet_config = UNetSpatioTemporalConditionModel.load_config(model_dir / "unet")
         with torch.device("meta"):

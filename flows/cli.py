@@ -141,14 +141,48 @@ class _Bars:
             bar.close()
 
 
+# The embedded Prefect server's start-up limit (Prefect's default, 20 s, is too short for a busy machine).
+EMBEDDED_SERVER_TIMEOUT_SECONDS = "120"
+
+
+def _check_model(request) -> None:
+    """Fail in seconds, before any server, pose or GPU work, when the model directory is unusable."""
+    from controlnext_video.model_dir import check_model_dir
+    from controlnext_video.weights import WeightsError
+
+    try:
+        check_model_dir(request.model)
+    except (FileNotFoundError, WeightsError) as exc:
+        typer.echo(f"error: model: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+
+
 def _run_render(request) -> dict:
+    import os
+
+    _check_model(request)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EMBEDDED_SERVER_TIMEOUT_SECONDS)
+    from flows.interrupt import RenderInterrupted, stop_on_signals
     from flows.progress import add_listener, remove_listener
     from flows.render import render
 
     bars = _Bars()
     add_listener(bars)
     try:
-        state = render(request, return_state=True)
+        with stop_on_signals():
+            state = render(request, return_state=True)
+    except KeyboardInterrupt as exc:
+        bars.close()
+        typer.echo("render stopped: finished segments are kept; run the same command again to resume", err=True)
+        raise typer.Exit(code=exc.exit_code if isinstance(exc, RenderInterrupted) else 130) from None
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        typer.echo("error: the embedded Prefect server did not start in time (a busy machine?). Set "
+                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher (seconds; this command's default is "
+                   f"{os.environ['PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS']}), or point PREFECT_API_URL at "
+                   "a running server (controlnext-video serve).", err=True)
+        raise typer.Exit(code=1) from None
     finally:
         remove_listener(bars)
         bars.close()

@@ -22,7 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-RunState = Literal["pending", "running", "completed", "failed", "crashed", "cancelled"]
+# scheduled: waiting for a worker (not lost, however long); pending: claimed by a worker, its process
+# starting; running: rendering. Pending and running runs must show signs of life.
+RunState = Literal["scheduled", "pending", "running", "completed", "failed", "crashed", "cancelled"]
 # Seconds between two polls of in-flight deployment runs.
 DEFAULT_POLL_SECONDS = 2.0
 
@@ -31,7 +33,7 @@ DEFAULT_POLL_SECONDS = 2.0
 class SegmentRun:
     segments: tuple[int, ...]
     attempt: int
-    state: RunState = "pending"
+    state: RunState = "scheduled"
     message: str = ""
     flow_run_id: str | None = None
 
@@ -144,7 +146,7 @@ def segments_per_run(requested: int, num_segments: int, max_in_flight: int, auto
 
 def _state(state) -> RunState:
     if state is None:
-        return "pending"
+        return "scheduled"
     name = state.type.value
     return {
         "COMPLETED": "completed",
@@ -153,12 +155,14 @@ def _state(state) -> RunState:
         "CANCELLED": "cancelled",
         "CANCELLING": "cancelled",
         "RUNNING": "running",
-    }.get(name, "pending")
+        "PENDING": "pending",
+    }.get(name, "scheduled")
 
 
 @dataclass
 class _Watch:
-    """When this run's heartbeat last changed, on this process's clock (immune to clock skew)."""
+    """When this run last showed a sign of life (a new state or a new heartbeat), on this process's
+    clock (immune to clock skew)."""
 
     beat: object = None
     changed_at: float = field(default_factory=time.monotonic)
@@ -176,10 +180,17 @@ def drive_segments(
     per_run: int = 1,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
+    on_resubmit: Callable[[list[int]], None] = lambda segments: None,
     log: Callable[[str], None] = print,
 ) -> dict[int, int]:
     """Run every segment not yet done, `per_run` consecutive segments per run; return the number of
     attempts each segment took.
+
+    A run waiting for a worker (scheduled) is never lost. A run a worker has claimed (pending)
+    or is rendering (running) is lost when it shows no sign of life (a state change or a new
+    heartbeat) for `stale_after` seconds: a worker that dies while its run's process starts is
+    caught like one that dies mid-segment. `on_resubmit` is called with the segments of a crashed
+    or lost run before they are submitted again.
 
     Raises SegmentJobFailed when a segment fails for its own reasons (no retry), or crashes,
     is lost or is cancelled `max_attempts` times. In-flight runs are cancelled first.
@@ -216,6 +227,7 @@ def drive_segments(
                 fail(f"segment {segment} {why} {attempts[segment]} times (max_attempts={max_attempts}); "
                      f"last: {run.message or 'no message'}")
         log(f"{segments_label(tuple(remaining))} {why} on attempt {run.attempt}: resubmitting ({run.message})")
+        on_resubmit(remaining)
         queue.appendleft(tuple(remaining))
 
     while queue or in_flight:
@@ -227,20 +239,21 @@ def drive_segments(
             watches[group] = _Watch()
         for group, run in list(in_flight.items()):
             run = in_flight[group] = dispatcher.poll(run)
-            if run.state == "pending":
-                watches[group] = _Watch()  # a queued run is not lost: the clock starts when it runs
+            if run.state == "scheduled":
+                watches[group] = _Watch()  # waiting for a worker is not lost: the clock starts once claimed
                 continue
-            if run.state == "running":
+            if run.state in ("pending", "running"):
                 remaining = collect(group)
-                beat, watch = tuple(heartbeat(s) for s in remaining), watches[group]
+                beat, watch = (run.state, *(heartbeat(s) for s in remaining)), watches[group]
                 if beat != watch.beat:
                     watches[group] = _Watch(beat)
                 elif time.monotonic() - watch.changed_at > stale_after:
-                    dispatcher.mark_lost(run, f"no heartbeat for {stale_after:.0f} s: worker lost")
+                    silence = (f"no heartbeat for {stale_after:.0f} s" if run.state == "running" else
+                               f"claimed by a worker but not started for {stale_after:.0f} s")
+                    dispatcher.mark_lost(run, f"{silence}: worker lost")
                     del in_flight[group]
                     if remaining:
-                        retry_or_fail(replace(run, message=f"no heartbeat for {stale_after:.0f} s"),
-                                      remaining, "was lost")
+                        retry_or_fail(replace(run, message=silence), remaining, "was lost")
                 continue
             del in_flight[group]
             remaining = collect(group)  # a record exists: done, whatever the run's final state says

@@ -1,18 +1,17 @@
 """The `inbox` flow: renders the submissions dropped in a folder or bucket prefix.
 
-Layout under the inbox root (a local folder or an fsspec URL such as `s3://bucket/inbox`):
+Layout and rules: `storage.inbox` (incoming/, processing/, done/, failed/). Upload the inputs
+first and `job.json` last: a submission counts once its `job.json` exists. Each run claims every
+complete submission (moving it to `processing/`) and renders them one after the other. Each
+submission is handled in isolation: whatever goes wrong with one (bad JSON, a path leading out
+of its folder, an unknown setting, a failed render) moves it to `failed/` with `reason.txt`, and
+the others still run. Submissions left in `processing/` by an inbox run that died are taken up
+again by the next run. Run the deployment with concurrency 1 so two inbox runs never claim the
+same submission.
 
-    incoming/<name>/job.json      render settings (RenderRequest fields); `reference` and
-    incoming/<name>/<files>       `driving` name files of the submission (or absolute URLs)
-    processing/<name>/...         claimed by a running inbox flow
-    done/<name>/...               rendered: the submission, `result.json`, the output video
-    failed/<name>/...             not rendered: the submission and `reason.txt`
-
-Upload the inputs first and `job.json` last: a submission counts once its `job.json` exists.
-Each run claims every complete submission (moving it to `processing/`), renders them one after
-the other, and moves each to `done/` or `failed/`. Submissions left in `processing/` by an inbox
-run that died are taken up again by the next run. Run the deployment with concurrency 1 so two
-inbox runs never claim the same submission.
+A submission sets render settings only; where the job's files go, the model and the dispatch are
+the deployment's (its parameters), never the submitter's. The job id is derived from the
+content, so two submissions of the same name never share or overwrite each other's job.
 """
 
 from __future__ import annotations
@@ -23,81 +22,90 @@ from prefect import flow, get_run_logger
 from pydantic import ValidationError
 
 from storage import ArtifactStore
+from storage.inbox import DONE, FAILED, INCOMING, PROCESSING, REASON_FILE, RESULT_FILE, Inbox, SubmissionError
+from storage.layout import safe_name
 
 from .render import render
 from .request import RenderRequest
+from .stages import OUTPUT_NAMES
 
-JOB_FILE = "job.json"
-INCOMING, PROCESSING, DONE, FAILED = "incoming", "processing", "done", "failed"
-REASON_FILE = "reason.txt"
-RESULT_FILE = "result.json"
-
-
-def move(inbox: ArtifactStore, source: str, target: str) -> None:
-    """Move a folder within the inbox: copy every file (over what the target holds), then delete the source."""
-    for key in inbox.list(source):
-        with inbox.open_read(key) as src, inbox.open_write(target + key[len(source):]) as dst:
-            while chunk := src.read(8 << 20):
-                dst.write(chunk)
-    inbox.delete_prefix(source)
+# Settings the deployment owns: paths on the workers, where results go, how the job is dispatched.
+DEPLOYMENT_SETTINGS = ("output", "store", "model", "job_id", "dwpose_models", "dispatch", "segment_deployment")
 
 
-def submissions(inbox: ArtifactStore, state: str) -> list[str]:
-    """Names of the complete submissions (those with a job file) in `state`."""
-    return [name for name in inbox.children(state) if inbox.exists(f"{state}/{name}/{JOB_FILE}")]
-
-
-def submission_request(inbox: ArtifactStore, name: str, defaults: dict) -> RenderRequest:
-    """The request of a claimed submission; input names resolve inside its folder."""
-    folder = f"{PROCESSING}/{name}"
-    try:
-        settings = json.loads(inbox.read_text(f"{folder}/{JOB_FILE}"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{JOB_FILE} is not valid JSON: {exc}") from exc
-    if not isinstance(settings, dict):
-        raise ValueError(f"{JOB_FILE} must hold a JSON object of render settings")
+def submission_request(box: Inbox, name: str, defaults: dict) -> RenderRequest:
+    """The request of a claimed submission; its input files resolve inside its folder."""
+    settings = box.read_job(PROCESSING, name)
+    for field in DEPLOYMENT_SETTINGS:
+        if field in settings:
+            raise SubmissionError(f"job.json may not set {field!r}: it is set by the inbox deployment "
+                                  f"(the result goes to {DONE}/<name>/ and the job's store folder)")
     for field in ("reference", "driving"):
-        value = settings.get(field)
-        if not value:
-            raise ValueError(f"{JOB_FILE} does not name the {field} file")
-        if "://" not in value and not value.startswith("/"):
-            if not inbox.exists(f"{folder}/{value}"):
-                raise ValueError(f"{field} file {value!r} is not in the submission")
-            settings[field] = inbox.url(f"{folder}/{value}")
-    output_name = {"mp4": "output.mp4", "prores": "output.mov", "png": "output_png"}[
-        settings.get("output_format", "mp4")]
-    settings.setdefault("output", inbox.url(f"{DONE}/{name}/{output_name}"))
-    settings.setdefault("job_id", name if len(name) <= 64 else "")
-    return RenderRequest.model_validate({**defaults, **settings})
+        if field not in settings:
+            raise SubmissionError(f"job.json does not name the {field} file")
+        settings[field] = box.input_location(PROCESSING, name, settings[field], field)
+    try:
+        return RenderRequest.model_validate({**defaults, **settings})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job.json'}: {e['msg']}" for e in exc.errors())
+        raise SubmissionError(f"invalid settings in job.json: {problems}") from exc
+
+
+def deliver_to_submission(box: Inbox, name: str, request: RenderRequest, result: dict) -> None:
+    """Copy the output (a file, or a PNG folder) and `result.json` into the submission folder."""
+    store = ArtifactStore(request.store)
+    output_key = result["encoded"]["output_key"]
+    output_name = OUTPUT_NAMES[request.output_format]
+    for key in store.list(output_key) or [output_key]:
+        filename = output_name if key == output_key else f"{output_name}/{key.rsplit('/', 1)[-1]}"
+        with store.open_read(key) as source:
+            box.write_stream(PROCESSING, name, filename, source)
+    record = dict(result["encoded"], job_id=result["job_id"], output=output_name,
+                  missing_pose_frames=result.get("missing_pose_frames", []))
+    box.write_text(PROCESSING, name, RESULT_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def process_submission(box: Inbox, name: str, defaults: dict) -> tuple[str, str | None]:
+    """Render one claimed submission and file it under done/ or failed/.
+
+    Returns where it was filed (`done/<name>` or, when that is taken, `done/<name>-2`...) and the
+    reason it failed (None when rendered).
+    """
+    try:
+        request = submission_request(box, name, defaults)
+        state = render.with_options(flow_run_name=f"inbox-{safe_name(name)}")(request, return_state=True)
+        if not state.is_completed():
+            raise SubmissionError(f"render {state.name.lower()}: {state.message}")
+        deliver_to_submission(box, name, request, state.result())
+    except Exception as exc:  # one bad submission must not stop the others
+        reason = str(exc) if isinstance(exc, SubmissionError) else f"{type(exc).__name__}: {exc}"
+        box.write_text(PROCESSING, name, REASON_FILE, reason + "\n")
+        return f"{FAILED}/{box.move(name, PROCESSING, FAILED)}", reason
+    return f"{DONE}/{box.move(name, PROCESSING, DONE)}", None
 
 
 @flow(name="inbox", log_prints=True)
-def inbox(inbox_url: str, store: str = "", model: str = "", dispatch: str = "local") -> dict:
+def inbox(inbox_url: str, store: str = "", model: str = "", dispatch: str = "local", dwpose_models: str = "") -> dict:
     """Render every submission waiting in the inbox; returns the names rendered and failed."""
     logger = get_run_logger()
-    box = ArtifactStore(inbox_url)
-    defaults = {k: v for k, v in dict(store=store, model=model, dispatch=dispatch).items() if v}
-    for name in submissions(box, INCOMING):
-        move(box, f"{INCOMING}/{name}", f"{PROCESSING}/{name}")
-        logger.info("claimed submission %s", name)
+    box = Inbox(inbox_url)
+    defaults = {k: v for k, v in dict(store=store, model=model, dispatch=dispatch,
+                                      dwpose_models=dwpose_models).items() if v}
+    for name in box.names(INCOMING):
+        claimed = box.move(name, INCOMING, PROCESSING)
+        logger.info("claimed submission %r", claimed)
     rendered, failed = [], []
-    for name in submissions(box, PROCESSING):
+    for name in box.names(PROCESSING):
         try:
-            request = submission_request(box, name, defaults)
-        except (ValueError, ValidationError) as exc:
-            reason = f"invalid submission: {exc}"
-        else:
-            state = render(request, return_state=True)
-            reason = None if state.is_completed() else f"render {state.name.lower()}: {state.message}"
-            if reason is None:
-                box.write_json(f"{PROCESSING}/{name}/{RESULT_FILE}", state.result()["encoded"])
-        if reason is None:
-            move(box, f"{PROCESSING}/{name}", f"{DONE}/{name}")
-            rendered.append(name)
-            logger.info("submission %s rendered", name)
-        else:
-            box.write_text(f"{PROCESSING}/{name}/{REASON_FILE}", reason + "\n")
-            move(box, f"{PROCESSING}/{name}", f"{FAILED}/{name}")
+            folder, reason = process_submission(box, name, defaults)
+        except Exception as exc:  # even filing it failed (storage): leave it in processing/ for the next run
+            logger.error("submission %r could not be filed: %s: %s", name, type(exc).__name__, exc)
             failed.append(name)
-            logger.error("submission %s failed: %s", name, reason)
+            continue
+        if reason is None:
+            rendered.append(name)
+            logger.info("submission %r rendered: %s", name, folder)
+        else:
+            failed.append(name)
+            logger.error("submission %r failed (%s): %s", name, folder, reason)
     return dict(rendered=rendered, failed=failed)

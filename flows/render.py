@@ -18,7 +18,7 @@ from prefect.runtime import flow_run as current_run
 from . import stages
 from .dispatch import DeploymentDispatcher, LocalDispatcher, drive_segments, segments_per_run
 from .progress import ProgressReporter
-from .report import write_report
+from .report import frames_text, write_report
 from .request import RenderRequest
 from .segment import render_segment
 
@@ -57,9 +57,12 @@ def poses_task(store: str, job_id: str, ingest_result: stages.IngestResult) -> s
 @task(name="align", **stage_task)
 def align_task(store: str, job_id: str, ingest_result: stages.IngestResult) -> dict:
     job = stages.JobContext.open(store, job_id)
-    frames = stages.align(job)
+    frames, missing = stages.align(job)
+    if missing:
+        get_run_logger().warning("%s of %s frames have no pose (rendered with a black pose image): %s",
+                                 len(missing), frames, frames_text(missing))
     preview = stages.write_pose_preview(job, ingest_result)
-    return dict(frames=frames, pose_preview=preview)
+    return dict(frames=frames, missing_pose_frames=missing, pose_preview=preview)
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -79,9 +82,7 @@ def blend_task(store: str, job_id: str) -> str:
 @task(name="encode", **stage_task)
 def encode_task(store: str, job_id: str, ingest_result: stages.IngestResult, num_frames: int) -> dict:
     job = stages.JobContext.open(store, job_id)
-    encoded = stages.encode(job, ingest_result, num_frames)
-    encoded["side_by_side"] = stages.write_side_by_side(job, ingest_result, num_frames)
-    return encoded
+    return stages.encode(job, ingest_result, num_frames)
 
 
 @task(name="report", cache_policy=NO_CACHE)
@@ -139,6 +140,7 @@ def render_segments(request: RenderRequest, job_id: str, segments: list[list[int
         max_in_flight=request.max_in_flight, max_attempts=request.max_attempts,
         stale_after=request.stale_after_seconds, per_run=per_run, poll_seconds=poll,
         on_progress=lambda done, total: reporter.update(done / total, f"{done}/{total} segments rendered"),
+        on_resubmit=lambda segments: stages.remove_temporaries(job, segments),
         log=logger.info,
     )
 
@@ -165,6 +167,8 @@ def render(request: RenderRequest) -> dict:
     encoded = timed("encode", encode_task, store, job_id, ingest_result, aligned["frames"])
     summary = dict(job_id=job_id, ingest=asdict(ingest_result), timings=timings, attempts=attempts,
                    segments=segments, encoded=encoded, pose_preview=aligned["pose_preview"],
+                   missing_pose_frames=aligned["missing_pose_frames"],
                    flow_run_id=str(current_run.id or ""))
     summary["report"] = report_task(store, job_id, summary)
+    stages.remove_temporaries(stages.JobContext.open(store, job_id))
     return summary

@@ -6,12 +6,27 @@ from .progress import artifact_key
 from .stages import JobContext
 
 REPORT = "report.md"
+# Frame numbers a log line or the report lists before summarising.
+MAX_LISTED_FRAMES = 40
+
+
+def frames_text(frames: list[int]) -> str:
+    """`3, 4, 5, 9` (at most `MAX_LISTED_FRAMES` numbers, then the count of the rest)."""
+    shown = ", ".join(map(str, frames[:MAX_LISTED_FRAMES]))
+    return shown + (f" and {len(frames) - MAX_LISTED_FRAMES} more" if len(frames) > MAX_LISTED_FRAMES else "")
 
 
 def _table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _missing_poses(missing: list[int], total: int) -> str:
+    if not missing:
+        return "Every output frame has a pose."
+    return (f"**{len(missing)} of {total} output frames have no pose** (no person found, or a gap too long to "
+            f"fill; they were rendered with a black pose image): {frames_text(missing)}.")
 
 
 def report_markdown(job: JobContext, summary: dict) -> str:
@@ -35,6 +50,7 @@ def report_markdown(job: JobContext, summary: dict) -> str:
         f"Driving clip: {video.get('width')}x{video.get('height')}, {ingest['source_fps']} fps, "
         f"{video.get('frame_count')} frames, audio: {'yes' if ingest['has_audio'] else 'no'}. "
         f"Output: {ingest['num_frames']} frames at {ingest['output_fps']} fps (stride {request.stride}).",
+        _missing_poses(summary.get("missing_pose_frames", []), ingest["num_frames"]),
         "## Settings",
         _table(["setting", "value"], [[k, v] for k, v in settings.items()]),
         "## Timings",

@@ -6,10 +6,8 @@ and a description; the form stays flat.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -106,13 +104,12 @@ class RenderRequest(BaseModel):
             raise ValueError("pose_backend 'dwpose' needs dwpose_models: a folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
         return self
 
-    def content_hash(self) -> str:
-        """A digest of the settings that decide the pictures (not where they go or how they are dispatched)."""
-        ignored = {"job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight",
-                   "segments_per_run", "max_attempts", "stale_after_seconds", "store", "gpu_memory_gib",
-                   "compile", "channels_last"}
-        data = self.model_dump(exclude=ignored)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    # Settings that do not change the pictures: where the job goes, how it is dispatched and run.
+    NON_PIXEL_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        "job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight", "segments_per_run",
+        "max_attempts", "stale_after_seconds", "store", "gpu_memory_gib", "compile", "channels_last",
+    })
 
-    def resolved_job_id(self) -> str:
-        return self.job_id or f"job-{self.content_hash()[:16]}"
+    def pixel_settings(self) -> dict:
+        """The settings that decide the pictures (part of the job's identity)."""
+        return self.model_dump(exclude=set(self.NON_PIXEL_FIELDS))

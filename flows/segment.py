@@ -15,6 +15,7 @@ import time
 
 from prefect import flow, get_run_logger
 
+from . import interrupt
 from .progress import ProgressReporter
 from .stages import Heartbeat, JobContext, render_segment_frames, segment_done, worker_name, write_segment_record
 
@@ -94,6 +95,7 @@ def render_segment(
         raise ValueError("render-segment needs at least one segment index")
     records = []
     for segment in segments:
+        interrupt.check()
         record = _render_one(store, job_id, segment, attempt, parent_flow_run_id)
         if not isinstance(record, dict):  # Cancelled: the job ended
             return record
@@ -113,11 +115,13 @@ def _render_one(store: str, job_id: str, segment: int, attempt: int, parent_flow
     with Heartbeat(job, segment, attempt, heartbeat_interval) as heartbeat:
         pipe = get_pipeline(request.model, request.device, request.dtype, request.compile, request.channels_last)
         pipe.set_memory_limit(request.gpu_memory_gib or None)
+        interrupt.check()  # a stop requested while loading (a signal there can be swallowed)
         loaded = time.time()
         reporter = ProgressReporter(f"{job_id}-segment-{segment}", f"segment {segment}: denoising")
         last_check = [time.monotonic()]
 
         def on_step(step: int, total: int) -> None:
+            interrupt.check()
             heartbeat.step = step
             reporter.update(step / total, f"segment {segment}: step {step}/{total}")
             if parent_flow_run_id and time.monotonic() - last_check[0] > PARENT_CHECK_SECONDS:

@@ -35,6 +35,8 @@ PLAN = "plan.json"
 INGEST = "ingest.json"
 HEARTBEAT = "heartbeat.json"
 BLENDED_FRAMES = "frames"
+BLEND_RECORD = "blend.json"
+ENCODE_RECORD = "encode.json"
 OUTPUT_NAMES = {"mp4": "output.mp4", "prores": "output.mov", "png": "output_png"}
 SIDE_BY_SIDE = "side_by_side.mp4"
 # Cap on the side-by-side preview's panel height (it is for review, not delivery).
@@ -129,11 +131,62 @@ class JobContext:
 # --------------------------------------------------------------------------- ingest
 
 
-def ingest(request: RenderRequest) -> IngestResult:
-    """Probe and validate the inputs, copy them into the job folder, fix the job id.
+def check_models(request: RenderRequest) -> dict:
+    """Check the model directory (and DWPose files) before any other work; return their fingerprints.
 
-    The job id is derived from the settings and the inputs' content unless given, so
-    submitting the same request again resumes the same job.
+    The job's worker must see the model directory the GPU workers load (the compose stack mounts
+    it read-only on both), so a missing file fails the job in seconds, not after pose detection.
+    """
+    from controlnext_video.model_dir import check_model_dir
+    from controlnext_video.weights import WeightsError
+
+    try:
+        fingerprints = dict(model=check_model_dir(request.model).fingerprint())
+    except (FileNotFoundError, WeightsError) as exc:
+        raise JobInputError(f"model: {exc}") from exc
+    if request.pose_backend == "dwpose":
+        digest = hashlib.sha256()
+        for path in dwpose_files(request):
+            if not path.is_file():
+                raise JobInputError(f"DWPose model file not found: {path}")
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        fingerprints["pose_models"] = digest.hexdigest()
+    return fingerprints
+
+
+def dwpose_files(request: RenderRequest) -> tuple[Path, Path]:
+    models = Path(request.dwpose_models)
+    return models / "yolox_l.onnx", models / "dw-ll_ucoco_384.onnx"
+
+
+def job_identity(request: RenderRequest, reference_sha256: str, driving_sha256: str, models: dict) -> dict:
+    """What the job is: the inputs' hashes, the model files and every setting that changes pixels."""
+    content = dict(reference_sha256=reference_sha256, driving_sha256=driving_sha256, models=models,
+                   settings=request.pixel_settings())
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return dict(content, digest=digest)
+
+
+def claim_job_id(store: ArtifactStore, request: RenderRequest, identity: dict) -> str:
+    """The job id (given, or derived from the content), bound to this content; refuses a reused id."""
+    from storage.identity import JobConflictError, claim_job, read_identity
+
+    job_id = request.job_id or "job-" + identity["digest"][:16]
+    layout = JobLayout(job_id)
+    if request.job_id and read_identity(store, layout) is None and store.children(layout.prefix):
+        raise JobConflictError(
+            f"job id {job_id!r} already names a job in {store.root_url} made before job identities were "
+            "recorded: choose another job id, or leave it empty to derive one from the request's content")
+    claim_job(store, layout, identity)
+    return job_id
+
+
+def ingest(request: RenderRequest) -> IngestResult:
+    """Check the model, probe and validate the inputs, fix the job id, copy the inputs into the job.
+
+    The job id is derived from the job's content unless given. The same content resumes the same
+    job; a given id that already names different content is refused before anything is written.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -141,6 +194,7 @@ def ingest(request: RenderRequest) -> IngestResult:
 
     if not request.reference or not request.driving:
         raise JobInputError("the request needs both a reference image and a driving video")
+    models = check_models(request)
     scratch = Path(tempfile.mkdtemp(dir=local_work_dir(), prefix="ingest-"))
     reference = fetch(request.reference, scratch, "reference image")
     driving = fetch(request.driving, scratch, "driving video")
@@ -158,10 +212,9 @@ def ingest(request: RenderRequest) -> IngestResult:
         raise JobInputError(f"driving video {request.driving}: no frames to render with stride {request.stride}")
 
     ref_sha, clip_sha = sha256_of(reference), sha256_of(driving)
-    job_id = request.job_id or "job-" + hashlib.sha256(
-        f"{request.content_hash()}:{ref_sha}:{clip_sha}".encode()
-    ).hexdigest()[:16]
-    store, layout = ArtifactStore(request.store), JobLayout(job_id)
+    store = ArtifactStore(request.store)
+    job_id = claim_job_id(store, request, job_identity(request, ref_sha, clip_sha, models))
+    layout = JobLayout(job_id)
     reference_key = layout.input("reference" + (reference.suffix.lower() or ".png"))
     driving_key = layout.input("driving" + (driving.suffix.lower() or ".mp4"))
     for local, key, digest in ((reference, reference_key, ref_sha), (driving, driving_key, clip_sha)):
@@ -197,11 +250,7 @@ def detect_poses(job: JobContext, ingest_result: IngestResult, progress: Callabl
     request, store, layout = job.request, job.store, job.layout
     detector_args = dict(backend=request.pose_backend, device="auto")
     if request.pose_backend == "dwpose":
-        models = Path(request.dwpose_models)
-        detector_args.update(det_model=models / "yolox_l.onnx", pose_model=models / "dw-ll_ucoco_384.onnx")
-        for path in (detector_args["det_model"], detector_args["pose_model"]):
-            if not Path(path).is_file():
-                raise JobInputError(f"DWPose model file not found: {path}")
+        detector_args.update(zip(("det_model", "pose_model"), dwpose_files(request)))
 
     reference = prepare_reference(job.local_input(ingest_result.reference_key), height=request.height,
                                   width=request.width)
@@ -235,8 +284,9 @@ def detect_poses(job: JobContext, ingest_result: IngestResult, progress: Callabl
     return cached
 
 
-def align(job: JobContext) -> int:
-    """Align the driving poses to the reference body; returns the number of aligned frames."""
+def align(job: JobContext) -> tuple[int, list[int]]:
+    """Align the driving poses to the reference body; returns the number of aligned frames and the
+    output frames left without a pose."""
     from pose import openpose_json
     from pose.align import align_poses
 
@@ -245,7 +295,7 @@ def align(job: JobContext) -> int:
     reference = load_reference_pose(job)
     aligned = align_poses(driving, reference, width=request.width, height=request.height, method=request.align)
     store.write_json(layout.pose(ALIGNED_POSES), openpose_json.sequence_to_dict(aligned))
-    return len(aligned)
+    return len(aligned), [int(i) for i in np.flatnonzero(aligned.missing)]
 
 
 def load_reference_pose(job: JobContext):
@@ -387,6 +437,14 @@ def render_segment_frames(
     return frames
 
 
+def remove_temporaries(job: JobContext, segments: list[int] | None = None) -> int:
+    """Delete what killed writers left behind (hidden temporary files) in the given segments' folders,
+    or the whole job's folder; only files older than the job's stale timeout, so a live writer's
+    file is never taken from under it."""
+    prefixes = [job.layout.segment(s) for s in segments] if segments is not None else [job.layout.prefix]
+    return sum(job.store.remove_temporaries(p, older_than=job.request.stale_after_seconds) for p in prefixes)
+
+
 def write_segment_record(job: JobContext, index: int, record: dict) -> None:
     job.store.write_json(job.layout.segment_record(index), record)
 
@@ -407,15 +465,31 @@ def blended_frames(job: JobContext, segment_plan: SegmentPlan) -> Iterator[np.nd
         yield np.round(blend_frames(segment_plan, frame, parts) * 255.0).clip(0, 255).astype(np.uint8)
 
 
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def blend(job: JobContext, segment_plan: SegmentPlan, progress: Callable[[int, int], None]) -> str:
-    """Write the blended output frames (lossless PNG) under the job's output folder."""
+    """Write the blended output frames (lossless PNG) under the job's output folder.
+
+    `output/blend.json` records what they were blended from (the segment records); when a rerun
+    finds the same sources, the frames are left as they are.
+    """
     from controlnext_video.video import encode_png
 
     store, layout = job.store, job.layout
     prefix = layout.output_file(BLENDED_FRAMES)
+    source = _digest([store.sha256(layout.segment_record(s.index)) for s in segment_plan.segments]
+                     + [segment_plan.num_frames])
+    record_key = layout.output_file(BLEND_RECORD)
+    if store.exists(record_key) and store.read_json(record_key).get("source") == source:
+        progress(segment_plan.num_frames, segment_plan.num_frames)
+        return prefix
+    frames = []
     for frame, image in enumerate(blended_frames(job, segment_plan)):
-        store.write_bytes(f"{prefix}/{frame:06d}.png", encode_png(image))
+        frames.append(store.write_bytes(f"{prefix}/{frame:06d}.png", encode_png(image)).sha256)
         progress(frame + 1, segment_plan.num_frames)
+    store.write_json(record_key, dict(source=source, frames=frames))
     return prefix
 
 
@@ -429,7 +503,33 @@ def output_frames(job: JobContext, num_frames: int) -> Iterator[np.ndarray]:
 
 
 def encode(job: JobContext, ingest_result: IngestResult, num_frames: int) -> dict:
-    """Encode the output at the clip's exact rate / stride with its audio; copy it to `request.output`."""
+    """Encode the output at the clip's exact rate / stride with its audio, and the side-by-side
+    preview; copy the output to `request.output`.
+
+    `output/encode.json` records the blended frames and settings it was made from: a rerun with
+    the same ones leaves the files untouched (the encoder is deterministic, so the bytes would be
+    the same anyway).
+    """
+    request, store, layout = job.request, job.store, job.layout
+    settings = dict(format=request.output_format, crf=request.crf, audio=request.audio and ingest_result.has_audio,
+                    fps=ingest_result.output_fps, driving=ingest_result.driving_sha256)
+    source = _digest(dict(frames=store.read_json(layout.output_file(BLEND_RECORD))["frames"][:num_frames],
+                          settings=settings))
+    record_key = layout.output_file(ENCODE_RECORD)
+    if store.exists(record_key):
+        record = store.read_json(record_key)
+        if record.get("source") == source:
+            encoded = record["encoded"]
+            encoded["delivered"] = deliver(job, encoded["output_key"]) if request.output else None
+            return encoded
+    encoded = _encode_output(job, ingest_result, num_frames)
+    encoded["side_by_side"] = write_side_by_side(job, ingest_result, num_frames)
+    store.write_json(record_key, dict(source=source, encoded=encoded))
+    encoded["delivered"] = deliver(job, encoded["output_key"]) if request.output else None
+    return encoded
+
+
+def _encode_output(job: JobContext, ingest_result: IngestResult, num_frames: int) -> dict:
     from controlnext_video.video import VideoWriter
 
     request, store, layout = job.request, job.store, job.layout
@@ -451,23 +551,40 @@ def encode(job: JobContext, ingest_result: IngestResult, num_frames: int) -> dic
             keys.append(store.put_file(path, f"{layout.output_file(name)}/{path.name}").key)
     else:
         keys.append(store.put_file(target, layout.output_file(name)).key)
-    delivered = deliver(target, request.output) if request.output else None
     return dict(output_key=layout.output_file(name), files=keys, frames=encoded.frame_count, fps=str(encoded.fps),
-                duration=encoded.duration, audio_seconds=encoded.audio_duration, delivered=delivered)
+                duration=encoded.duration, audio_seconds=encoded.audio_duration)
 
 
-def deliver(local: Path, destination: str) -> str:
-    """Copy the finished output to where the request asked for it (path or fsspec URL)."""
+def deliver(job: JobContext, output_key: str) -> str:
+    """Copy the stored output to where the request asked for it (path or fsspec URL).
+
+    A file already there with the same content is left untouched.
+    """
     import fsspec
 
-    files = sorted(local.iterdir()) if local.is_dir() else [local]
+    store, destination = job.store, job.request.output
+    keys = store.list(output_key) or [output_key]
     fs, root = fsspec.core.url_to_fs(destination)
-    for path in files:
-        target = f"{root}/{path.name}" if local.is_dir() else root
-        fs.makedirs(fs._parent(target), exist_ok=True)
-        fs.put_file(str(path), target + ".partial")
+    for key in keys:
+        target = f"{root}/{key.rsplit('/', 1)[-1]}" if key != output_key else root
+        if fs.isfile(target) and _same_content(fs, target, store, key):
+            continue
+        fs.makedirs(target.rsplit("/", 1)[0] or "/", exist_ok=True)
+        with store.open_read(key) as src, fs.open(target + ".partial", "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
         fs.mv(target + ".partial", target)
     return destination
+
+
+def _same_content(fs, path: str, store: ArtifactStore, key: str) -> bool:
+    if fs.size(path) != store.size(key):
+        return False
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest() == store.sha256(key)
 
 
 def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames: int) -> str:

@@ -407,6 +407,65 @@ class ArtifactStore:
             self._guard("delete", prefix, lambda: self._fs.rm(base, recursive=True))
         return len(keys)
 
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Write ``key`` only if nothing is stored under it; returns whether this call wrote it.
+
+        On a local store the check and the write are one atomic step (a hard link of a complete
+        temporary file, which fails if the key exists), so of two writers racing for one key
+        exactly one wins. Object stores check, then write.
+        """
+        if not self.is_local:
+            if self.exists(key):
+                return False
+            self.write_bytes(key, data)
+            return True
+        path = self._path(key)
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}{PARTIAL_SUFFIX}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return True
+
+    def remove_temporaries(self, prefix: str = "", older_than: float = 0.0) -> int:
+        """Delete the temporary files of writes that never finished (a killed process leaves them)
+        under the folder ``prefix``, if last modified more than ``older_than`` seconds ago;
+        returns how many were deleted.
+
+        Object stores keep no temporaries (an unfinished multipart upload is invisible; a bucket
+        lifecycle rule removes it), so this only sweeps local and other file-like stores.
+        """
+        if self.protocol in _OBJECT_STORES:
+            return 0
+        base = self._root if not prefix else self._path(prefix)
+        self._fs.invalidate_cache(base)
+        if not self._fs.isdir(base):
+            return 0
+        now = datetime.now(timezone.utc).timestamp()
+        removed = 0
+        for path in self._guard("list", prefix or "/", lambda: self._fs.find(base)):
+            name = path.rsplit("/", 1)[-1]
+            if not (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)):
+                continue
+            try:
+                stamp = self._fs.modified(path)
+                age = now - (stamp.replace(tzinfo=timezone.utc) if stamp.tzinfo is None else stamp).timestamp()
+                if age >= older_than:
+                    self._fs.rm_file(path)
+                    removed += 1
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+        return removed
+
     # -- errors ------------------------------------------------------------------------------
     def redact(self, text: str) -> str:
         """``text`` with every known secret value (storage options, AWS env vars) replaced by ``***``."""

@@ -23,7 +23,7 @@ class Scripted:
 
     def submit(self, segments, attempt):
         self.submitted.append((segments[0] if len(segments) == 1 else segments, attempt))
-        return SegmentRun(segments, attempt, "pending", flow_run_id=f"{segments}-{attempt}")
+        return SegmentRun(segments, attempt, "scheduled", flow_run_id=f"{segments}-{attempt}")
 
     def poll(self, run):
         states = self.script.get((run.segments[0], run.attempt), ["completed"])
@@ -96,6 +96,22 @@ def test_lost_worker_is_detected_by_a_silent_heartbeat():
     d = Scripted({(0, 1): ["running"], (0, 2): ["completed"]})
     attempts = drive(d, [0], stale_after=0.0)
     assert attempts[0] == 2 and d.lost and "no heartbeat" in d.lost[0][1] and not d.cancelled
+
+
+def test_run_claimed_by_a_worker_that_dies_is_lost_and_resubmitted():
+    # Pending: a worker took the run and started its process, then died before it ran.
+    d = Scripted({(0, 1): ["pending"], (0, 2): ["scheduled", "pending", "running", "completed"]})
+    resubmitted = []
+    attempts = drive(d, [0], stale_after=0.0, on_resubmit=resubmitted.append)
+    assert attempts[0] == 2 and 0 in d.records
+    assert d.lost == [(0, "claimed by a worker but not started for 0 s: worker lost")]
+    assert resubmitted == [[0]]
+
+
+def test_run_waiting_for_a_worker_is_never_lost():
+    d = Scripted({(0, 1): ["scheduled"] * 50 + ["completed"]})
+    attempts = drive(d, [0], stale_after=0.0)
+    assert attempts == {0: 1} and not d.lost
 
 
 def test_failure_cancels_runs_in_flight():

@@ -31,7 +31,7 @@ def test_request_and_cli_carry_the_options(tiny_model):
 
     base = RenderRequest(reference="r.png", driving="d.mp4")
     fast = base.model_copy(update=dict(compile=True, channels_last=True, gpu_memory_gib=22, segments_per_run=3))
-    assert fast.resolved_job_id() == base.resolved_job_id()  # speed settings do not change the job
+    assert fast.pixel_settings() == base.pixel_settings()  # speed settings do not change the job
     with pytest.raises(ValueError, match="gpu_memory_gib"):
         RenderRequest(gpu_memory_gib=-1)
     help_text = CliRunner().invoke(app, ["render", "--help"], terminal_width=200).output
