@@ -73,12 +73,14 @@ def check_weights_file(path: Path, what: str) -> None:
             size = int.from_bytes(head, "little") if len(head) == 8 else -1
             header = handle.read(size) if 0 < size <= 100_000_000 else b""
         try:
-            json.loads(header)
-        except ValueError:
+            entries = json.loads(header)
+            data_end = max((v["data_offsets"][1] for k, v in entries.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             raise WeightsError(f"{what} file {path} is not a readable safetensors file (damaged or "
                                "incomplete download?)") from None
-        if path.stat().st_size < 8 + size:
-            raise WeightsError(f"{what} file {path} is truncated (incomplete download?)")
+        if path.stat().st_size < 8 + size + data_end:
+            raise WeightsError(f"{what} file {path} is truncated: {path.stat().st_size} bytes of "
+                               f"{8 + size + data_end} (incomplete download?)")
     elif path.suffix.lower() not in PICKLE_SUFFIXES:
         raise WeightsError(f"{what} file {path} has an unknown extension: expected .safetensors or .bin")
 

@@ -27,6 +27,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _requested = threading.Event()
 _signal_number = [0]
+_active: list[float] = []  # the grace of each `stop_on_signals` block in force
 
 
 class RenderInterrupted(KeyboardInterrupt):
@@ -81,8 +82,26 @@ def stop_on_signals(grace: float = GRACE_SECONDS) -> Iterator[None]:
         yield
         return
     previous = {sig: signal.signal(sig, functools.partial(_handle, grace)) for sig in STOP_SIGNALS}
+    _active.append(grace)
     try:
         yield
     finally:
+        _active.pop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def inside_flow_run() -> Iterator[None]:
+    """Keep the stop handlers in force inside a flow run's body.
+
+    Prefect's engine installs its own SIGTERM handler for every flow run (it raises an exception,
+    which a finaliser swallows like any other). While a `stop_on_signals` block is in force in
+    this process (a CLI render), ours take precedence; elsewhere (a worker's flow-run process)
+    Prefect's handling is left as it is.
+    """
+    if not _active:
+        yield
+        return
+    with stop_on_signals(_active[-1]):
+        yield

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_run
 
-from . import stages
+from . import interrupt, stages
 from .dispatch import DeploymentDispatcher, LocalDispatcher, drive_segments, segments_per_run
 from .progress import ProgressReporter
 from .report import frames_text, write_report
@@ -148,6 +148,11 @@ def render_segments(request: RenderRequest, job_id: str, segments: list[list[int
 @flow(name="render", flow_run_name=_run_name, on_cancellation=[cancel_segment_runs], log_prints=True)
 def render(request: RenderRequest) -> dict:
     """Animate `request.reference` with the motion of `request.driving`."""
+    with interrupt.inside_flow_run():
+        return _render(request)
+
+
+def _render(request: RenderRequest) -> dict:
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args):

@@ -94,12 +94,13 @@ def render_segment(
     if not segments:
         raise ValueError("render-segment needs at least one segment index")
     records = []
-    for segment in segments:
-        interrupt.check()
-        record = _render_one(store, job_id, segment, attempt, parent_flow_run_id)
-        if not isinstance(record, dict):  # Cancelled: the job ended
-            return record
-        records.append(record)
+    with interrupt.inside_flow_run():
+        for segment in segments:
+            interrupt.check()
+            record = _render_one(store, job_id, segment, attempt, parent_flow_run_id)
+            if not isinstance(record, dict):  # Cancelled: the job ended
+                return record
+            records.append(record)
     return records
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from datetime import timedelta
 
+import numpy as np
 import pytest
-
-
 
 INBOX_TIMEOUT = 600
 SETTINGS = dict(height=96, width=64, steps=2, window=4, overlap=1, stride=2, decode_chunk_size=4,
@@ -99,3 +99,101 @@ def test_scheduled_inbox_renders_and_sorts_submissions(prefect_server, scheduled
     runs = completed_runs(deployment_id)
     assert len(runs) >= 2
     assert {p: p.stat().st_mtime for p in inbox.rglob("*") if p.is_file()} == before
+
+
+# --------------------------------------------------------------------------- confinement and isolation
+
+
+def make_submission(inbox, name, image, clip, state="incoming", **settings):
+    folder = inbox / state / name
+    folder.mkdir(parents=True)
+    shutil.copy(image, folder / "character.png")
+    shutil.copy(clip, folder / "motion.mp4")
+    job = dict(reference="character.png", driving="motion.mp4", **SETTINGS)
+    job.update(settings)
+    (folder / "job.json").write_text(json.dumps(job))
+    return folder
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(output="/tmp/stolen.mp4"), "may not set 'output'"),
+    (dict(store="/tmp/other-store"), "may not set 'store'"),
+    (dict(model="/tmp/other-model"), "may not set 'model'"),
+    (dict(job_id="victim"), "may not set 'job_id'"),
+    (dict(reference="/etc/hostname"), "must be a path relative to the submission folder"),
+    (dict(reference="s3://bucket/x.png"), "must be a path relative to the submission folder"),
+    (dict(reference="../other/character.png"), "leads out of the submission folder"),
+    (dict(reference=3), "reference must name a file of the submission, got 3"),
+    (dict(driving="missing.mp4"), "driving file 'missing.mp4' is not in the submission"),
+    (dict(output_format="gif"), "output_format"),
+    (dict(steps="many"), "steps"),
+])
+def test_submission_settings_are_confined_to_their_folder(tmp_path, clip_inputs, change, reason):
+    from flows.inbox import submission_request
+    from storage.inbox import Inbox, SubmissionError
+
+    reference, driving = clip_inputs
+    make_submission(tmp_path / "inbox", "Take 3 (final)", reference, driving, state="processing", **change)
+    with pytest.raises(SubmissionError, match=re.escape(reason)):
+        submission_request(Inbox(tmp_path / "inbox"), "Take 3 (final)", dict(store=str(tmp_path / "store")))
+
+
+def test_symbolic_link_out_of_the_submission_is_refused(tmp_path, clip_inputs):
+    from flows.inbox import submission_request
+    from storage.inbox import Inbox, SubmissionError
+
+    reference, driving = clip_inputs
+    folder = make_submission(tmp_path / "inbox", "linked", reference, driving, state="processing")
+    secret = tmp_path / "outside.png"
+    shutil.copy(reference, secret)
+    (folder / "character.png").unlink()
+    (folder / "character.png").symlink_to(secret)
+    with pytest.raises(SubmissionError, match="is a link leading out of the submission folder"):
+        submission_request(Inbox(tmp_path / "inbox"), "linked", {})
+    (folder / "sub").mkdir()
+    shutil.copy(reference, folder / "sub" / "ref.png")
+    (folder / "job.json").write_text(json.dumps(dict(reference="./sub/ref.png", driving="motion.mp4", **SETTINGS)))
+    request = submission_request(Inbox(tmp_path / "inbox"), "linked", {})
+    assert request.reference == str(folder / "sub" / "ref.png")
+
+
+def test_bad_submissions_fail_alone_and_results_are_never_overwritten(prefect_server, tiny_model, clip_inputs,
+                                                                      tmp_path):
+    """Three submissions that used to block the inbox sit next to a valid one whose name has spaces;
+    a second submission of that name with other inputs gets its own job and result folder."""
+    from PIL import Image
+
+    from flows.inbox import inbox
+
+    from controlnext_video.video import iter_frames
+
+    reference, driving = clip_inputs
+    box, store = tmp_path / "inbox", tmp_path / "store"
+    make_submission(box, "bad format", reference, driving, output_format="gif")
+    make_submission(box, "bad type", reference, driving, reference=["x.png"])
+    make_submission(box, "bad output", reference, driving, output=str(tmp_path / "victim.mp4"))
+    (tmp_path / "victim.mp4").write_bytes(b"precious")
+    make_submission(box, "Take 3 (final)", reference, driving, seed=1)
+    result = inbox(str(box), store=str(store), model=str(tiny_model))
+    assert result == dict(rendered=["Take 3 (final)"], failed=["bad format", "bad output", "bad type"])
+    assert sorted(p.name for p in (box / "failed").iterdir()) == ["bad format", "bad output", "bad type"]
+    assert "output_format" in (box / "failed" / "bad format" / "reason.txt").read_text()
+    assert (tmp_path / "victim.mp4").read_bytes() == b"precious"
+    first = box / "done" / "Take 3 (final)"
+    first_files = snapshot(first)
+    assert (first / "output.mp4").stat().st_size > 0 and json.loads((first / "result.json").read_text())["job_id"]
+
+    other = tmp_path / "other.png"
+    Image.open(reference).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
+    make_submission(box, "Take 3 (final)", other, driving, seed=2)
+    assert inbox(str(box), store=str(store), model=str(tiny_model))["rendered"] == ["Take 3 (final)"]
+    second = box / "done" / "Take 3 (final)-2"
+    assert snapshot(first) == first_files  # the first result is untouched
+    a, b = (json.loads((d / "result.json").read_text())["job_id"] for d in (first, second))
+    assert a != b
+    frames = [np.stack(list(iter_frames(d / "output.mp4"))).astype(int) for d in (first, second)]
+    assert np.abs(frames[0] - frames[1]).mean() > 1  # the new inputs' pictures, not the first job's
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

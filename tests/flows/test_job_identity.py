@@ -1,0 +1,143 @@
+"""Job identity, early checks and the job-folder hygiene of the render stages (plain functions, no
+Prefect server)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from .conftest import small_request
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def other_reference(clip_inputs, tmp_path):
+    from PIL import Image
+
+    reference, _ = clip_inputs
+    path = tmp_path / "other-reference.png"
+    Image.open(reference).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
+    return path
+
+
+def test_reused_job_id_with_other_content_is_refused_before_anything_is_written(
+        tiny_model, clip_inputs, other_reference, tmp_path):
+    from flows import stages
+    from storage.identity import JobConflictError
+
+    reference, driving = clip_inputs
+    store = tmp_path / "store"
+    first = small_request(reference, driving, tiny_model, store, job_id="dup")
+    assert stages.ingest(first).job_id == "dup"
+    before = snapshot(store)
+
+    for change in (dict(reference=str(other_reference)), dict(seed=3), dict(steps=3)):
+        second = first.model_copy(update=change)
+        with pytest.raises(JobConflictError, match="job id 'dup' already names a different job") as err:
+            stages.ingest(second)
+        if "seed" in change:
+            assert "seed: 7 there, 3 here" in str(err.value)
+        if "reference" in change:
+            assert "reference_sha256" in str(err.value)
+        assert snapshot(store) == before  # request.json, inputs and identity untouched
+
+    # the same content resumes the same job; settings that do not change pixels are the same job too
+    assert stages.ingest(first.model_copy(update=dict(max_in_flight=2, output="elsewhere.mp4"))).job_id == "dup"
+
+
+def test_derived_job_id_follows_inputs_settings_and_model_files(tiny_model, clip_inputs, other_reference, tmp_path):
+    from flows import stages
+
+    reference, driving = clip_inputs
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    request = small_request(reference, driving, model, tmp_path / "store")
+    first = stages.ingest(request).job_id
+    assert first.startswith("job-") and stages.ingest(request).job_id == first
+    assert stages.ingest(request.model_copy(update=dict(reference=str(other_reference)))).job_id != first
+    assert stages.ingest(request.model_copy(update=dict(seed=8))).job_id != first
+    # new weights in the same directory (a fine-tune copied over) make a new job, never the old frames
+    weights = model / "controlnext.safetensors"
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert stages.ingest(request).job_id != first
+
+
+def test_job_folder_from_before_identities_is_not_taken_over(tiny_model, clip_inputs, tmp_path):
+    from flows import stages
+    from storage.identity import JobConflictError
+
+    reference, driving = clip_inputs
+    legacy = tmp_path / "store" / "jobs" / "shot-1"
+    legacy.mkdir(parents=True)
+    (legacy / "request.json").write_text("{}")
+    with pytest.raises(JobConflictError, match="made before job identities were recorded"):
+        stages.ingest(small_request(reference, driving, tiny_model, tmp_path / "store", job_id="shot-1"))
+    assert [p.name for p in legacy.iterdir()] == ["request.json"]
+
+
+def test_model_is_checked_before_any_input_or_pose_work(tiny_model, clip_inputs, tmp_path):
+    from flows import stages
+
+    reference, driving = clip_inputs
+    store = tmp_path / "store"
+    with pytest.raises(stages.JobInputError, match=f"model: model directory not found: {tmp_path / 'nope'}"):
+        stages.ingest(small_request(reference, driving, tmp_path / "nope", store))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    data = (broken / "controlnext-unet.safetensors").read_bytes()
+    (broken / "controlnext-unet.safetensors").write_bytes(data[: len(data) // 2])  # an interrupted download
+    with pytest.raises(stages.JobInputError, match="controlnext-unet.safetensors is truncated"):
+        stages.ingest(small_request(reference, driving, broken, store))
+    assert not store.exists()  # nothing was copied, probed into the store, or detected
+
+
+def test_frames_without_a_pose_are_returned_logged_and_reported(tiny_model, tmp_path):
+    """A clip whose second half shows nobody: `render` names those frames (the log and the report)."""
+    from flows import stages
+    from flows.demo import driving_frames, make_demo_inputs
+    from flows.report import report_markdown
+
+    from controlnext_video.video import VideoWriter
+
+    reference, _ = make_demo_inputs(tmp_path / "inputs", seconds=0.5, audio=False)
+    clip = tmp_path / "half-empty.mp4"
+    frames = list(driving_frames(seconds=1.0))
+    with VideoWriter(clip, 24, codec="h264") as writer:
+        for i, frame in enumerate(frames):
+            writer.write(frame if i < 12 else np.full_like(frame, 128))
+    request = small_request(reference, clip, tiny_model, tmp_path / "store")
+    ingest = stages.ingest(request)
+    job = stages.JobContext.open(request.store, ingest.job_id)
+    stages.detect_poses(job, ingest, lambda done, total: None)
+    count, missing = stages.align(job)
+    assert count == 12 and set(range(6, 12)) <= set(missing)  # the frames that show nobody
+    summary = dict(job_id=ingest.job_id, ingest=dict(ingest.__dict__), timings={}, attempts={}, segments=[],
+                   missing_pose_frames=missing,
+                   encoded=dict(output_key="x", side_by_side="y", frames=12, fps="12", duration=1.0,
+                                audio_seconds=None), pose_preview="z")
+    text = report_markdown(job, summary)
+    assert f"{len(missing)} of 12 output frames have no pose" in text
+    assert ", ".join(map(str, missing)) in text
+
+
+def test_temporaries_of_killed_writes_are_swept_when_old(tmp_path):
+    from storage import ArtifactStore
+
+    store = ArtifactStore(tmp_path / "store")
+    store.write_bytes("jobs/a/segments/0000/frames/frame_000000.png", b"png")
+    folder = tmp_path / "store" / "jobs" / "a" / "segments" / "0000" / "frames"
+    old = folder / ".frame_000001.png.0123456789ab.partial"
+    fresh = folder / ".frame_000002.png.0123456789ab.partial"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    assert store.list("jobs/a") == ["jobs/a/segments/0000/frames/frame_000000.png"]  # never listed
+    assert store.remove_temporaries("jobs/a", older_than=300) == 1
+    assert not old.exists() and fresh.exists()  # a live writer's file is left alone
