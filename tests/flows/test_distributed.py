@@ -6,6 +6,7 @@ two workers serve the `gpu` pool and one the `cpu` pool, as on a studio cluster.
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 
@@ -16,6 +17,9 @@ from .conftest import small_request
 
 GPU_WORKERS = ("gpu-worker-a", "gpu-worker-b")
 JOB_TIMEOUT = 420
+# Seconds without a sign of life before a claimed or running segment run counts as lost: longer than a
+# run's process takes to start and import on a busy machine.
+STALE_AFTER = 60
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +119,7 @@ def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, c
     reference, driving = clip_inputs
     store_url = str(tmp_path / "store")
     request = small_request(reference, driving, tiny_model, store_url, dispatch="deployment", steps=16,
-                            stale_after_seconds=10, segments_per_run=2, job_id=f"kill-{uuid.uuid4().hex[:8]}")
+                            stale_after_seconds=STALE_AFTER, segments_per_run=2, job_id=f"kill-{uuid.uuid4().hex[:8]}")
     parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
     store, layout = ArtifactStore(store_url), JobLayout(request.job_id)
 
@@ -155,6 +159,40 @@ def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, c
     assert runs_of_job(request.job_id) and len(runs_of_job(request.job_id)) == len({r.id for rs in runs.values() for r in rs})
 
 
+def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model, clip_inputs, tmp_path):
+    """SIGKILL of the only gpu worker after it claimed a run (Pending: its process starting): the run
+    is marked Crashed after the stale timeout and its segments go to a second worker."""
+    from prefect.deployments import run_deployment
+    from storage import ArtifactStore, JobLayout
+
+    server, workers = cluster
+    first, second = GPU_WORKERS
+    server.kill_worker(second)
+    reference, driving = clip_inputs
+    request = small_request(reference, driving, tiny_model, str(tmp_path / "store"), dispatch="deployment",
+                            stale_after_seconds=STALE_AFTER, segments_per_run=8, job_id=f"pend-{uuid.uuid4().hex[:8]}")
+    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    try:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while not any(r.state and r.state.type.value == "PENDING" for r in runs_of_job(request.job_id)):
+            assert time.monotonic() < deadline, server.log_tail()
+            time.sleep(0.1)
+        server.kill_worker(first)  # its machine dies while the run's process starts
+        server.start_worker("gpu", second)
+        final = wait_for(parent.id, timeout=JOB_TIMEOUT + STALE_AFTER)
+    finally:
+        for name in GPU_WORKERS:
+            if name not in workers:
+                server.start_worker("gpu", name)
+    assert final.state.is_completed(), f"{final.state.message}\n{server.log_tail()}"
+    runs = sorted(runs_of_job(request.job_id), key=lambda r: r.created)
+    assert [r.state.name for r in runs] == ["Crashed", "Completed"], [(r.name, r.state.name) for r in runs]
+    assert "claimed by a worker but not started" in runs[0].state.message
+    store, layout = ArtifactStore(request.store), JobLayout(request.job_id)
+    records = [store.read_json(k) for k in store.list(layout.segments) if k.endswith("record.json")]
+    assert records and {(r["attempt"], r["worker"]) for r in records} == {(2, second)}
+
+
 def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, tmp_path):
     from prefect import get_client
     from prefect.deployments import run_deployment
@@ -187,15 +225,23 @@ def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, t
     assert len(runs_of_job(request.job_id)) == segments_started  # nothing new started after the cancel
 
 
-def test_segment_failing_on_bad_input_fails_the_job_once(cluster, clip_inputs, tmp_path):
+def test_segment_failing_on_bad_input_fails_the_job_once(cluster, tiny_model, clip_inputs, tmp_path):
     from flows.render import render
 
     server, _ = cluster
     reference, driving = clip_inputs
-    request = small_request(reference, driving, tmp_path / "no-such-model", str(tmp_path / "store"),
+    # weights that pass the job's file check but not the strict load on the worker
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    state_dict = load_file(str(model / "controlnext.safetensors"))
+    state_dict.pop(sorted(state_dict)[0])
+    save_file(state_dict, str(model / "controlnext.safetensors"))
+    request = small_request(reference, driving, model, str(tmp_path / "store"),
                             dispatch="deployment", job_id=f"bad-{uuid.uuid4().hex[:8]}")
     state = render(request, return_state=True)
     assert state.is_failed()
-    assert "segment" in state.message and "model directory not found" in state.message, state.message
+    assert "segment" in state.message and "missing" in state.message, state.message
     runs = runs_per_segment(request.job_id)
     assert runs and all(len(r) == 1 for r in runs.values()), runs  # no retry loop
