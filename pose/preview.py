@@ -49,10 +49,12 @@ class PosePreviewResult:
 
 
 def _panel(image: np.ndarray, height: int) -> np.ndarray:
+    """The image scaled to ``height`` (even) and the nearest even width: H.264 needs even sizes."""
+    from controlnext_video.video.preview import panel_width
+
     cv2 = require("cv2", "The pose preview")
     h, w = image.shape[:2]
-    width = max(2, round(w * height / h))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (panel_width(h, w, height), height), interpolation=cv2.INTER_AREA)
 
 
 def _label(panel: np.ndarray, text: str) -> None:
@@ -170,9 +172,12 @@ def write_preview(
 ) -> Path:
     """Side-by-side preview: driving frame + detected skeleton | reference + aligned skeleton.
 
-    Streams the clip again; frames without a pose are marked "no pose".
+    Streams the clip again; frames without a pose are marked "no pose". Each panel is
+    ``panel_height`` high (rounded down to even) and as wide as its picture's aspect gives,
+    rounded to even, so any clip and output size can be encoded.
     """
-    from controlnext_video.video import VideoWriter
+    from controlnext_video.video import VideoError, VideoWriter
+    from controlnext_video.video.preview import even
 
     from pose.extract import clip_frames
 
@@ -181,6 +186,9 @@ def write_preview(
         raise PoseInputError(
             f"aligned poses are for {aligned.width}x{aligned.height} but the reference image is {ref_w}x{ref_h}"
         )
+    if int(panel_height) != panel_height or panel_height < 2:
+        raise PoseInputError(f"panel_height must be an integer >= 2, got {panel_height!r}")
+    panel_height = even(panel_height)
     by_index = {idx: k for k, idx in enumerate(detected.frame_indices)}
     bar = None
     if progress:
@@ -208,9 +216,11 @@ def write_preview(
         if writer is None:
             raise PoseInputError(f"{driving}: no frames decoded for the preview")
         writer.close()
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()  # nothing half-written under the final name
+        if isinstance(exc, VideoError):  # reported like every other pose error, without a traceback
+            raise PoseInputError(f"pose preview: {exc}") from exc
         raise
     finally:
         if bar is not None:
