@@ -8,6 +8,9 @@ one frame is held at a time.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import numpy as np
 from pose import openpose_json
 from pose.align import ALIGN_METHODS, ROOT_MOTIONS, RetargetConfig, align_poses
 from pose.detect import make_detector
-from pose.errors import PoseInputError, require
+from pose.errors import PoseInputError, PoseInputWarning, require
 from pose.extract import detect_clip, detect_reference, prepare_reference
 from pose.render import RenderStyle, overlay, render_pose
 from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
@@ -62,6 +65,21 @@ def _label(panel: np.ndarray, text: str) -> None:
     cv2.putText(panel, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
 
 
+@contextmanager
+def _input_notes(notes: list[str]) -> Iterator[None]:
+    """Add the input warnings issued inside the block to ``notes`` (once each); others pass through."""
+    from controlnext_video.video import DamagedVideoWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        if not issubclass(warning.category, (PoseInputWarning, DamagedVideoWarning)):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in notes:
+            notes.append(str(warning.message))
+
+
 def _frame_list(seq: PoseSequence, flag: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i, f in zip(seq.frame_indices, flag) if f)
 
@@ -98,6 +116,9 @@ def make_pose_preview(
     driving-frame pixels), aligned_poses.json (output-frame pixels: what gets rendered),
     reference_crop.png, preview.mp4 (if `preview`), and with `per_frame_json` one OpenPose file
     per aligned frame under aligned/.
+
+    Warnings about the inputs (a reference far below the output size, a truncated clip) are
+    returned in the result's ``notes`` instead of being issued.
     """
     if align not in ALIGN_METHODS:
         raise PoseInputError(f"align must be one of {', '.join(ALIGN_METHODS)}, got {align!r}")
@@ -111,43 +132,44 @@ def make_pose_preview(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    ref_image = prepare_reference(reference, height=height, width=width)
-    ref_detector = make_detector(backend, video=False, det_model=det_model, pose_model=pose_model, device=device)
-    try:
-        ref_pose = detect_reference(ref_image, ref_detector, source=str(reference))
-    finally:
-        ref_detector.close()
-    clip_detector = make_detector(backend, video=True, det_model=det_model, pose_model=pose_model, device=device)
-    try:
-        detected = detect_clip(driving, clip_detector, stride=stride, max_frames=max_frames, progress=progress)
-    finally:
-        clip_detector.close()
-    smoothed = fill_gaps(detected, max_gap)
-    if smoothing is not None:
-        smoothed = smooth_sequence(smoothed, smoothing)
-    config = RetargetConfig(root_motion=root_motion) if align == "retarget" else RetargetConfig()
-    aligned = align_poses(smoothed, ref_pose, width=width, height=height, method=align, retarget_config=config)
-
-    from PIL import Image
-
-    Image.fromarray(ref_image).save(out_dir / REFERENCE_PNG)
-    ref_json = openpose_json.write_frame(ref_pose, out_dir / REFERENCE_JSON, width, height)
-    drv_json = openpose_json.write_sequence(smoothed, out_dir / DRIVING_JSON)
-    aln_json = openpose_json.write_sequence(aligned, out_dir / ALIGNED_JSON)
-    per_frame_dir = None
-    if per_frame_json:
-        per_frame_dir = out_dir / "aligned"
-        openpose_json.write_frames(aligned, per_frame_dir)
-
-    preview_path = None
-    if preview:
-        preview_path = write_preview(
-            driving, ref_image, smoothed, aligned, out_dir / PREVIEW_MP4,
-            stride=stride, max_frames=max_frames, panel_height=preview_height, progress=progress,
-        )
-    notes = []
+    notes: list[str] = []
     if backend == "mediapipe":
         notes.append("mediapipe finds at most one person per frame (its most prominent one)")
+    with _input_notes(notes):
+        ref_image = prepare_reference(reference, height=height, width=width)
+        ref_detector = make_detector(backend, video=False, det_model=det_model, pose_model=pose_model, device=device)
+        try:
+            ref_pose = detect_reference(ref_image, ref_detector, source=str(reference))
+        finally:
+            ref_detector.close()
+        clip_detector = make_detector(backend, video=True, det_model=det_model, pose_model=pose_model, device=device)
+        try:
+            detected = detect_clip(driving, clip_detector, stride=stride, max_frames=max_frames, progress=progress)
+        finally:
+            clip_detector.close()
+        smoothed = fill_gaps(detected, max_gap)
+        if smoothing is not None:
+            smoothed = smooth_sequence(smoothed, smoothing)
+        config = RetargetConfig(root_motion=root_motion) if align == "retarget" else RetargetConfig()
+        aligned = align_poses(smoothed, ref_pose, width=width, height=height, method=align, retarget_config=config)
+
+        from PIL import Image
+
+        Image.fromarray(ref_image).save(out_dir / REFERENCE_PNG)
+        ref_json = openpose_json.write_frame(ref_pose, out_dir / REFERENCE_JSON, width, height)
+        drv_json = openpose_json.write_sequence(smoothed, out_dir / DRIVING_JSON)
+        aln_json = openpose_json.write_sequence(aligned, out_dir / ALIGNED_JSON)
+        per_frame_dir = None
+        if per_frame_json:
+            per_frame_dir = out_dir / "aligned"
+            openpose_json.write_frames(aligned, per_frame_dir)
+
+        preview_path = None
+        if preview:
+            preview_path = write_preview(
+                driving, ref_image, smoothed, aligned, out_dir / PREVIEW_MP4,
+                stride=stride, max_frames=max_frames, panel_height=preview_height, progress=progress,
+            )
     return PosePreviewResult(
         out_dir=out_dir, reference_json=ref_json, driving_json=drv_json, aligned_json=aln_json,
         preview=preview_path, frames=len(aligned),

@@ -1,5 +1,6 @@
 """The pose preview encodes at any clip and output size: its panels always have even sizes."""
 
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from PIL import Image
 
 from controlnext_video.video import VideoWriter, iter_frames, probe
+from pose.errors import PoseInputWarning
 from pose.preview import make_pose_preview, write_preview
 from tests.pose.synthetic import full_frame, sequence
 
@@ -47,3 +49,15 @@ def test_write_preview_rounds_panels_to_even_sizes(tmp_path, clip_4_3, panel_hei
     )
     frames = list(iter_frames(out))
     assert len(frames) == 3 and frames[0].shape[:2] == size
+
+
+def test_input_warnings_become_notes_of_the_poses_command(tmp_path, clip_4_3, astronaut):
+    small = tmp_path / "small.png"
+    Image.fromarray(astronaut).resize((200, 200)).save(small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PoseInputWarning)  # reported as a note, not issued
+        result = make_pose_preview(
+            clip_4_3, small, tmp_path / "out", stride=1, max_frames=2, height=1024, width=576,
+            preview=False, progress=False,
+        )
+    assert [n for n in result.notes if "small.png: 200x200 px is far below the 576x1024 output" in n]
