@@ -6,8 +6,9 @@ per frame is a separate step (`pose.select.PersonTracker`).
 
 A detector reports only what the picture shows: both backends extrapolate joints beyond its
 edges with confident scores (MediaPipe scores the knees below a waist-up photo 0.84-0.88), and
-those points are set to "not found" (`pose.geometry.inside_picture`), so that alignment gives the bones the
-reference does not show the body's ratio and nothing is drawn where the picture has nothing.
+those points are set to "not found" (`pose.geometry.inside_picture`), so that alignment gives
+the bones the reference does not show the body's ratio and nothing is drawn where the picture
+has nothing.
 
 Backends:
 - `mediapipe` (default): MediaPipe Holistic, whose models ship inside the mediapipe wheel.
