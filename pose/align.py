@@ -18,8 +18,9 @@ Methods:
   moves as far in body lengths as the driver, so may leave the frame), by the frame-size ratio
   (`"frame"`: the same fraction of the frame), or not at all (`"none"`: dancing in place).
   Hands are scaled by the palm-size ratio and attached to the wrists, the face by the
-  eye-distance ratio and attached to the nose. Bones the reference does not show
-  (legs of a waist-up portrait) use the global ratio.
+  eye-distance ratio and attached to the nose. Bones the reference does not show (legs of a
+  waist-up portrait: an end not found, or outside the output frame even when a detector
+  scored it) use the global ratio.
 - `linear`: the reference pipeline's whole-clip linear fit, kept for parity:
   `y_ref ~ a_y * y_drive + b_y` by least squares over the body points found on the reference
   (nose, neck, shoulders, hips, knees, ankles, eyes, ears) and the driving frames with exactly
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pose.errors import NoPersonError, PoseInputError
-from pose.geometry import cover_crop
+from pose.geometry import cover_crop, inside_picture
 from pose.layout import (
     BODY_SLICE,
     FACE_SLICE,
@@ -269,7 +270,8 @@ def plan_retarget(
     """Measure bone, hand and face ratios between the reference and the driving clip."""
     _check_inputs(driving, reference, width, height)
     thr = config.present_score
-    ref = reference.keypoints.astype(np.float64) * np.array([width, height, 1.0])
+    # What the reference image does not show is not measured on it, whatever its score.
+    ref = inside_picture(reference.keypoints) * np.array([width, height, 1.0])
     drive = driving.stack().astype(np.float64) * np.array([driving.width, driving.height, 1.0])
     usable = ~driving.missing
     if not usable.any():

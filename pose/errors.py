@@ -17,6 +17,10 @@ class NoPersonError(PoseError):
     """No person was found where one is required (the reference image, a whole clip)."""
 
 
+class PoseInputWarning(UserWarning):
+    """An input that is used, but probably not as intended (a reference far below the output size)."""
+
+
 class MissingDependencyError(PoseError, ImportError):
     """An optional dependency of the pose extra is not installed."""
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,11 +18,15 @@ from typing import Callable, Iterable
 import numpy as np
 
 from pose.detect import PoseDetector
-from pose.errors import NoPersonError, PoseInputError
+from pose.errors import NoPersonError, PoseInputError, PoseInputWarning
 from pose.geometry import cover_crop_image
 from pose.images import as_rgb, load_image
 from pose.select import PersonTracker
 from pose.types import PoseFrame, PoseSequence
+
+#: A reference scaled up more than this to cover the output (either side under half the
+#: output's) gets a `PoseInputWarning`: its details will be blurry.
+MAX_REFERENCE_UPSCALE = 2.0
 
 
 def detect_frames(
@@ -125,9 +131,24 @@ def clip_frames(path: str | Path, *, stride: int = 1, max_frames: int | None = N
 def prepare_reference(image: np.ndarray | str | Path, *, height: int, width: int) -> np.ndarray:
     """The reference image as the model sees it: resized to cover height x width, centre-cropped.
 
+    A file is read with `pose.images.load_image` (transparency on a white background, 16-bit
+    scaled, EXIF orientation applied; unreadable files raise `PoseInputError` naming them). A
+    reference that must be scaled up more than `MAX_REFERENCE_UPSCALE` times gets a
+    `PoseInputWarning` naming it.
+
     Shapes: returns (height, width, 3) uint8 RGB.
     """
-    array = load_image(image) if isinstance(image, (str, Path)) else as_rgb(image, where="reference image")
+    name = str(image) if isinstance(image, (str, Path)) else "reference image"
+    array = load_image(image) if isinstance(image, (str, Path)) else as_rgb(image, where=name)
+    upscale = max(height / array.shape[0], width / array.shape[1])
+    if upscale > MAX_REFERENCE_UPSCALE:
+        warnings.warn(
+            f"{name}: {array.shape[1]}x{array.shape[0]} px is far below the {width}x{height} output "
+            f"(scaled up {upscale:.1f}x, details will be blurry); use at least "
+            f"{math.ceil(width / MAX_REFERENCE_UPSCALE)}x{math.ceil(height / MAX_REFERENCE_UPSCALE)} px",
+            PoseInputWarning,
+            stacklevel=2,
+        )
     return cover_crop_image(array, height, width)
 
 

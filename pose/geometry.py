@@ -1,4 +1,4 @@
-"""Cover-crop geometry: how the reference image becomes the output frame.
+"""Cover-crop geometry: how the reference image becomes the output frame; points in the picture.
 
 The reference script resizes the image to cover the output size, keeping its aspect ratio (the
 resized side is rounded up), then crops the centre (the offset rounded half to even, as
@@ -72,3 +72,14 @@ def cover_crop_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     g = cover_crop(image.shape[1], image.shape[0], width, height)
     resized = Image.fromarray(image).resize((g.resized_width, g.resized_height), Image.BILINEAR)
     return np.asarray(resized)[g.top:g.top + height, g.left:g.left + width].copy()
+
+
+def inside_picture(points: np.ndarray) -> np.ndarray:
+    """Normalized (x, y, score) points with those outside the picture set to (0, 0, 0): not found.
+
+    Shapes: (N, 3) -> (N, 3) float64.
+    """
+    out = np.array(points, dtype=np.float64, copy=True)
+    outside = ((out[:, :2] < 0.0) | (out[:, :2] > 1.0)).any(axis=1)
+    out[outside] = 0.0
+    return out

@@ -69,7 +69,6 @@ WHOLEBODY_NUM = 133
 WHOLEBODY_FACE = slice(23, 91)
 WHOLEBODY_LEFT_HAND = slice(91, 112)
 WHOLEBODY_RIGHT_HAND = slice(112, 133)
-COCO_L_SHOULDER, COCO_R_SHOULDER = 5, 6
 # OpenPose-18 index -> COCO-17 index (the neck, OpenPose 1, has no COCO point).
 OPENPOSE_FROM_COCO: dict[int, int] = {
     NOSE: 0, R_SHOULDER: 6, R_ELBOW: 8, R_WRIST: 10, L_SHOULDER: 5, L_ELBOW: 7, L_WRIST: 9,

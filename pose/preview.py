@@ -8,6 +8,9 @@ one frame is held at a time.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import numpy as np
 from pose import openpose_json
 from pose.align import ALIGN_METHODS, ROOT_MOTIONS, RetargetConfig, align_poses
 from pose.detect import make_detector
-from pose.errors import PoseInputError, require
+from pose.errors import PoseInputError, PoseInputWarning, require
 from pose.extract import detect_clip, detect_reference, prepare_reference
 from pose.render import RenderStyle, overlay, render_pose
 from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
@@ -49,15 +52,32 @@ class PosePreviewResult:
 
 
 def _panel(image: np.ndarray, height: int) -> np.ndarray:
+    """The image scaled to ``height`` (even) and the nearest even width: H.264 needs even sizes."""
+    from controlnext_video.video.preview import panel_width
+
     cv2 = require("cv2", "The pose preview")
     h, w = image.shape[:2]
-    width = max(2, round(w * height / h))
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (panel_width(h, w, height), height), interpolation=cv2.INTER_AREA)
 
 
 def _label(panel: np.ndarray, text: str) -> None:
     cv2 = require("cv2", "The pose preview")
     cv2.putText(panel, text, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+
+
+@contextmanager
+def _input_notes(notes: list[str]) -> Iterator[None]:
+    """Add the input warnings issued inside the block to ``notes`` (once each); others pass through."""
+    from controlnext_video.video import DamagedVideoWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        if not issubclass(warning.category, (PoseInputWarning, DamagedVideoWarning)):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in notes:
+            notes.append(str(warning.message))
 
 
 def _frame_list(seq: PoseSequence, flag: np.ndarray) -> tuple[int, ...]:
@@ -96,6 +116,9 @@ def make_pose_preview(
     driving-frame pixels), aligned_poses.json (output-frame pixels: what gets rendered),
     reference_crop.png, preview.mp4 (if `preview`), and with `per_frame_json` one OpenPose file
     per aligned frame under aligned/.
+
+    Warnings about the inputs (a reference far below the output size, a truncated clip) are
+    returned in the result's ``notes`` instead of being issued.
     """
     if align not in ALIGN_METHODS:
         raise PoseInputError(f"align must be one of {', '.join(ALIGN_METHODS)}, got {align!r}")
@@ -109,43 +132,44 @@ def make_pose_preview(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    ref_image = prepare_reference(reference, height=height, width=width)
-    ref_detector = make_detector(backend, video=False, det_model=det_model, pose_model=pose_model, device=device)
-    try:
-        ref_pose = detect_reference(ref_image, ref_detector, source=str(reference))
-    finally:
-        ref_detector.close()
-    clip_detector = make_detector(backend, video=True, det_model=det_model, pose_model=pose_model, device=device)
-    try:
-        detected = detect_clip(driving, clip_detector, stride=stride, max_frames=max_frames, progress=progress)
-    finally:
-        clip_detector.close()
-    smoothed = fill_gaps(detected, max_gap)
-    if smoothing is not None:
-        smoothed = smooth_sequence(smoothed, smoothing)
-    config = RetargetConfig(root_motion=root_motion) if align == "retarget" else RetargetConfig()
-    aligned = align_poses(smoothed, ref_pose, width=width, height=height, method=align, retarget_config=config)
-
-    from PIL import Image
-
-    Image.fromarray(ref_image).save(out_dir / REFERENCE_PNG)
-    ref_json = openpose_json.write_frame(ref_pose, out_dir / REFERENCE_JSON, width, height)
-    drv_json = openpose_json.write_sequence(smoothed, out_dir / DRIVING_JSON)
-    aln_json = openpose_json.write_sequence(aligned, out_dir / ALIGNED_JSON)
-    per_frame_dir = None
-    if per_frame_json:
-        per_frame_dir = out_dir / "aligned"
-        openpose_json.write_frames(aligned, per_frame_dir)
-
-    preview_path = None
-    if preview:
-        preview_path = write_preview(
-            driving, ref_image, smoothed, aligned, out_dir / PREVIEW_MP4,
-            stride=stride, max_frames=max_frames, panel_height=preview_height, progress=progress,
-        )
-    notes = []
+    notes: list[str] = []
     if backend == "mediapipe":
         notes.append("mediapipe finds at most one person per frame (its most prominent one)")
+    with _input_notes(notes):
+        ref_image = prepare_reference(reference, height=height, width=width)
+        ref_detector = make_detector(backend, video=False, det_model=det_model, pose_model=pose_model, device=device)
+        try:
+            ref_pose = detect_reference(ref_image, ref_detector, source=str(reference))
+        finally:
+            ref_detector.close()
+        clip_detector = make_detector(backend, video=True, det_model=det_model, pose_model=pose_model, device=device)
+        try:
+            detected = detect_clip(driving, clip_detector, stride=stride, max_frames=max_frames, progress=progress)
+        finally:
+            clip_detector.close()
+        smoothed = fill_gaps(detected, max_gap)
+        if smoothing is not None:
+            smoothed = smooth_sequence(smoothed, smoothing)
+        config = RetargetConfig(root_motion=root_motion) if align == "retarget" else RetargetConfig()
+        aligned = align_poses(smoothed, ref_pose, width=width, height=height, method=align, retarget_config=config)
+
+        from PIL import Image
+
+        Image.fromarray(ref_image).save(out_dir / REFERENCE_PNG)
+        ref_json = openpose_json.write_frame(ref_pose, out_dir / REFERENCE_JSON, width, height)
+        drv_json = openpose_json.write_sequence(smoothed, out_dir / DRIVING_JSON)
+        aln_json = openpose_json.write_sequence(aligned, out_dir / ALIGNED_JSON)
+        per_frame_dir = None
+        if per_frame_json:
+            per_frame_dir = out_dir / "aligned"
+            openpose_json.write_frames(aligned, per_frame_dir)
+
+        preview_path = None
+        if preview:
+            preview_path = write_preview(
+                driving, ref_image, smoothed, aligned, out_dir / PREVIEW_MP4,
+                stride=stride, max_frames=max_frames, panel_height=preview_height, progress=progress,
+            )
     return PosePreviewResult(
         out_dir=out_dir, reference_json=ref_json, driving_json=drv_json, aligned_json=aln_json,
         preview=preview_path, frames=len(aligned),
@@ -170,9 +194,12 @@ def write_preview(
 ) -> Path:
     """Side-by-side preview: driving frame + detected skeleton | reference + aligned skeleton.
 
-    Streams the clip again; frames without a pose are marked "no pose".
+    Streams the clip again; frames without a pose are marked "no pose". Each panel is
+    ``panel_height`` high (rounded down to even) and as wide as its picture's aspect gives,
+    rounded to even, so any clip and output size can be encoded.
     """
-    from controlnext_video.video import VideoWriter
+    from controlnext_video.video import VideoError, VideoWriter
+    from controlnext_video.video.preview import even
 
     from pose.extract import clip_frames
 
@@ -181,6 +208,9 @@ def write_preview(
         raise PoseInputError(
             f"aligned poses are for {aligned.width}x{aligned.height} but the reference image is {ref_w}x{ref_h}"
         )
+    if int(panel_height) != panel_height or panel_height < 2:
+        raise PoseInputError(f"panel_height must be an integer >= 2, got {panel_height!r}")
+    panel_height = even(panel_height)
     by_index = {idx: k for k, idx in enumerate(detected.frame_indices)}
     bar = None
     if progress:
@@ -208,9 +238,11 @@ def write_preview(
         if writer is None:
             raise PoseInputError(f"{driving}: no frames decoded for the preview")
         writer.close()
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abort()  # nothing half-written under the final name
+        if isinstance(exc, VideoError):  # reported like every other pose error, without a traceback
+            raise PoseInputError(f"pose preview: {exc}") from exc
         raise
     finally:
         if bar is not None:

@@ -6,7 +6,7 @@ Nothing heavy is imported here: PyAV and decord are imported when a function nee
 
 from .decode import Backend, iter_frames, planned_frame_count
 from .encode import Codec, EncodedVideo, VideoWriter, write_video
-from .errors import VideoError
+from .errors import DamagedVideoWarning, VideoError
 from .fit import Fit, fit_frame
 from .preview import write_side_by_side
 from .probe import AudioStreamInfo, VideoInfo, probe
@@ -17,6 +17,7 @@ __all__ = [
     "AudioStreamInfo",
     "Backend",
     "Codec",
+    "DamagedVideoWarning",
     "EncodedVideo",
     "Fit",
     "SequenceMeta",

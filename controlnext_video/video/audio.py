@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._deps import import_av
+from .bitexact import make_deterministic
 from .errors import VideoError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class AudioTrack:
         self.sample_rate = rate
         self.layout = layout
         self._stream = output.add_stream(codec, rate=rate, layout=layout)
+        make_deterministic(self._stream.codec_context, threads=1)
         if codec == "aac":
             self._stream.bit_rate = AAC_BITRATE_PER_CHANNEL * self._stream.codec_context.layout.nb_channels
         self._channels = self._stream.codec_context.layout.nb_channels

@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ._deps import import_av, import_decord
+from .damage import decode_tolerant
 from .errors import VideoError
 from .fit import RESIZE_FILTER, Fit, FitPlan, check_fit, check_size, fit_frame, place, plan_fit
 from .probe import VideoInfo, probe
@@ -169,6 +170,8 @@ def _open_decord(path: Path, info: VideoInfo) -> Any:
     decord = import_decord()
     if decord is None:
         raise _DecordUnusable("decord is not installed")
+    if info.damaged:
+        raise _DecordUnusable("the file is truncated or damaged")
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=DECODE_THREADS)
         count = len(reader)
@@ -230,9 +233,13 @@ def _pyav_frames(
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = DECODE_THREADS
-            decoded = container.decode(stream)
+            if info.damaged:  # the frames the probe found: same decoder, same settings
+                stream.thread_type = "NONE"
+                decoded = decode_tolerant(container, stream)
+            else:
+                stream.thread_type = "AUTO"
+                stream.codec_context.thread_count = DECODE_THREADS
+                decoded = container.decode(stream)
             if not info.is_vfr:
                 last = total * stride - 1
                 for index, frame in enumerate(decoded):

@@ -3,6 +3,9 @@
 Outputs are written under a temporary name beside the target and renamed into place when the
 writer closes without error: a crash or an exception never leaves a half-written file (or folder)
 under the final name.
+
+Outputs are deterministic: the same frames, audio and settings give the same file bytes in any
+process and on any machine with the same FFmpeg build (see `bitexact`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import numpy as np
 
 from ._deps import import_av
 from .audio import AudioTrack, audio_stream_count, output_sample_rate
+from .bitexact import ENCODER_THREADS, MUXER_OPTIONS, make_deterministic
 from .errors import VideoError
 from .rates import parse_rate
 from .sequence import AUDIO_NAME, SequenceMeta, check_rgb, encode_png, frame_name, write_sequence_meta
@@ -274,10 +278,12 @@ class VideoWriter:
         if self.codec == "png":
             self._tmp.mkdir()
             if audio:
-                self._audio_container = av.open(str(self._tmp / AUDIO_NAME), "w", format="wav")
+                self._audio_container = av.open(
+                    str(self._tmp / AUDIO_NAME), "w", format="wav", options=dict(MUXER_OPTIONS)
+                )
                 self._audio = self._audio_track(self._audio_container, "wav")
             return
-        options = {}
+        options = dict(MUXER_OPTIONS)
         if self._format in ("mp4", "mov"):
             options["movflags"] = "+faststart"
             options["movie_timescale"] = str(self._movie_timescale(audio))
@@ -293,6 +299,7 @@ class VideoWriter:
         stream.width, stream.height = width, height
         stream.pix_fmt = _PIX_FMT[self.codec]
         ctx = stream.codec_context
+        make_deterministic(ctx, threads=ENCODER_THREADS)
         ctx.time_base = 1 / self.fps
         ctx.colorspace = ctx.color_primaries = ctx.color_trc = _BT709
         ctx.color_range = _LIMITED_RANGE

@@ -16,3 +16,8 @@ class VideoError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{self.path}: {problem}")
+
+
+class DamagedVideoWarning(UserWarning):
+    """A clip holds less than its container declares (cut short); the message names the file
+    and how many frames are used."""

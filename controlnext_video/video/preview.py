@@ -15,6 +15,11 @@ from .fit import fit_frame
 from .sequence import check_rgb
 
 
+def even(value: int) -> int:
+    """The largest even number <= ``value``, at least 2 (H.264 and ProRes need even sizes)."""
+    return max(2, int(value) // 2 * 2)
+
+
 def panel_width(height: int, width: int, panel_height: int) -> int:
     """Even width of a panel showing a ``height x width`` picture at ``panel_height``."""
     return max(2, round(width * panel_height / height / 2) * 2)
@@ -33,8 +38,8 @@ def write_side_by_side(
 ) -> EncodedVideo:
     """Write a preview with the reference image, the pose frames and the result frames side by side.
 
-    Each panel is scaled to ``height`` (default: the first result's height, rounded to even)
-    keeping its aspect ratio. ``poses`` and ``results`` are streamed and must have the same
+    Each panel is scaled to ``height`` (default: the first result's height; rounded down to even)
+    keeping its aspect ratio, to an even width, so the video always has even dimensions. ``poses`` and ``results`` are streamed and must have the same
     length. ``writer_options`` go to `VideoWriter` (``codec``, ``crf``, ``audio_source``,
     ``audio_offset``...). ``progress(done, None)`` is called after each frame.
 
@@ -58,7 +63,7 @@ def write_side_by_side(
             check_rgb(pose, f"pose frame {done}")
             check_rgb(result, f"result frame {done}")
             if ref_panel is None:
-                height = height if height is not None else max(2, result.shape[0] // 2 * 2)
+                height = even(height if height is not None else result.shape[0])
                 ref_panel = _panel(reference, height)
             row = np.concatenate([ref_panel, _panel(pose, height), _panel(result, height)], axis=1)  # type: ignore[arg-type]
             writer.write(row)

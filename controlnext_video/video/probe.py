@@ -5,13 +5,23 @@ from __future__ import annotations
 import dataclasses
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from ._deps import import_av
-from .errors import VideoError
+from .damage import (
+    PacketScan,
+    decodable_run,
+    declared_frames,
+    decode_tolerant,
+    find_damage,
+    nominal_rate,
+    stream_claim,
+)
+from .errors import DamagedVideoWarning, VideoError
 from .rates import clean_rate, format_rate, parse_rate
 
 #: Smallest and largest accepted width or height, in pixels (16K is the largest real format).
@@ -74,6 +84,12 @@ class VideoInfo:
     sample_aspect_ratio: Fraction = Fraction(1)
     """Pixel aspect ratio; frames are returned as stored (non-square pixels are not corrected)."""
     audio: tuple[AudioStreamInfo, ...] = ()
+    damaged: bool = False
+    """The file holds less than its container declares (cut short, see `damage`): ``frame_count``
+    counts the frames that decode up to the first missing one, ``fps`` is the container's
+    nominal rate, and PyAV decodes it."""
+    declared_frame_count: int | None = None
+    """Frames the container declares (its index, or its stated duration at ``fps``), if it does."""
 
     @property
     def has_audio(self) -> bool:
@@ -106,6 +122,10 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     Raises `VideoError` (naming the file) for a missing file, a file that is not a video, no
     video stream, zero frames, an unknown frame rate, dimensions outside
     [`MIN_DIMENSION`, `MAX_DIMENSION`], or a rotation that is not a multiple of 90 degrees.
+
+    A file that holds less than its container declares (cut short) is decoded once here to
+    find the frames that survive: it keeps the container's rate, ``frame_count`` is what
+    decodes, and a `DamagedVideoWarning` names the file (see `damage`).
     """
     path = Path(path)
     if path.is_dir():
@@ -125,9 +145,10 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         time_base = stream.time_base
         if time_base is None or time_base <= 0:
             raise VideoError(path, "video stream has no time base")
-        pts = _packet_timestamps(container, stream, path)
-        if not pts:
+        scan = _scan_packets(container, stream, path)
+        if not scan.pts:
             raise VideoError(path, "video stream has zero frames")
+        timing = _timing(stream, path, scan)
         first = _first_frame(container, stream, path)
         rotation = _rotation(first, path)
         coded_w, coded_h = first.width, first.height
@@ -137,43 +158,42 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
                     path,
                     f"video {name} {value} px is outside [{MIN_DIMENSION}, {MAX_DIMENSION}]",
                 )
-        fps, is_vfr = _frame_rate(pts, time_base, stream, path)
-        source_count = len(pts)
-        if is_vfr:
-            # Grid frames from the first timestamp to the last, inclusive. (Packet durations are
-            # not used: with B-frames they follow decode order, not presentation order.)
-            frame_count = round((pts[-1] - pts[0]) * time_base * fps) + 1
-        else:
-            frame_count = source_count
         width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
         sar = stream.sample_aspect_ratio or Fraction(1)
         return VideoInfo(
             path=str(path),
             container=container.format.name,
             codec=stream.codec_context.name,
-            frame_count=frame_count,
-            fps=fps,
-            duration=float(frame_count / fps),
+            frame_count=timing.frame_count,
+            fps=timing.fps,
+            duration=float(timing.frame_count / timing.fps),
             width=width,
             height=height,
             rotation=rotation,
             pix_fmt=first.format.name,
-            is_vfr=is_vfr,
-            source_frame_count=source_count,
-            start_time=float(pts[0] * time_base),
+            is_vfr=timing.is_vfr,
+            source_frame_count=len(timing.pts),
+            start_time=float(timing.pts[0] * time_base),
             sample_aspect_ratio=Fraction(sar) if sar > 0 else Fraction(1),
             audio=tuple(_audio_info(i, s) for i, s in enumerate(container.streams.audio)),
+            damaged=timing.problem is not None,
+            declared_frame_count=timing.declared,
         )
 
 
-def _packet_timestamps(container: Any, stream: Any, path: Path) -> list[int]:
-    """Sorted presentation timestamps of the stream's frames."""
+def _scan_packets(container: Any, stream: Any, path: Path) -> PacketScan:
+    """The stream's packets: shown frames' sorted timestamps, count, corruption."""
     av = import_av()
     stamps: list[int] = []
+    packets, corrupt = 0, False
     try:
         for packet in container.demux(stream):
-            if packet.size == 0 or packet.is_discard:
-                continue  # flush packet, or a frame an edit list hides
+            if packet.size == 0:
+                continue  # flush packet
+            packets += 1
+            corrupt = corrupt or packet.is_corrupt
+            if packet.is_discard:
+                continue  # a frame an edit list hides
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None:
                 raise VideoError(path, "video packets carry no timestamps")
@@ -181,7 +201,61 @@ def _packet_timestamps(container: Any, stream: Any, path: Path) -> list[int]:
     except av.error.FFmpegError as exc:
         raise VideoError(path, f"cannot read packets ({exc.strerror or exc})") from exc
     stamps.sort()
-    return stamps
+    return PacketScan(pts=stamps, packets=packets, corrupt=corrupt)
+
+
+@dataclass(frozen=True)
+class _Timing:
+    pts: list[int]
+    """Sorted timestamps of the frames used."""
+    fps: Fraction
+    is_vfr: bool
+    frame_count: int
+    declared: int | None
+    problem: str | None
+    """Why the clip counts as damaged, or None."""
+
+
+def _timing(stream: Any, path: Path, scan: PacketScan) -> _Timing:
+    """Which frames a clip has and at what rate, from its packets, or for a damaged clip from
+    what decodes (with a `DamagedVideoWarning`)."""
+    time_base = stream.time_base
+    claim = stream_claim(stream)
+    problem = find_damage(scan, claim, time_base, nominal_rate(stream))
+    if problem is None:
+        pts = scan.pts
+        fps, is_vfr = _frame_rate(pts, time_base, stream, path)
+    else:
+        pts, fps = _surviving_frames(path, problem)
+        is_vfr = _frame_rate(pts, time_base, stream, path)[1]
+    # Grid frames from the first timestamp to the last, inclusive, for VFR clips. (Packet
+    # durations are not used: with B-frames they follow decode order, not presentation order.)
+    count = round((pts[-1] - pts[0]) * time_base * fps) + 1 if is_vfr else len(pts)
+    declared = declared_frames(claim, fps)
+    if problem is not None:
+        of = f" of the {declared} declared" if declared else ""
+        warnings.warn(
+            f"{path}: truncated or damaged ({problem}): {count}{of} frames decode without a gap; "
+            f"using those {count} at {fps} fps",
+            DamagedVideoWarning,
+            stacklevel=3,
+        )
+    return _Timing(pts=pts, fps=fps, is_vfr=is_vfr, frame_count=count, declared=declared, problem=problem)
+
+
+def _surviving_frames(path: Path, problem: str) -> tuple[list[int], Fraction]:
+    """Timestamps of a damaged clip's frames that decode up to the first missing one, and its rate."""
+    av = import_av()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"  # as `decode_tolerant` asks, and as the decoder will run
+        stamps = sorted(f.pts for f in decode_tolerant(container, stream) if f.pts is not None)
+        if not stamps:
+            raise VideoError(path, f"truncated or damaged ({problem}): no frame decodes")
+        fps = nominal_rate(stream)
+        if fps is None:
+            fps = _frame_rate(stamps, stream.time_base, stream, path)[0]
+        return decodable_run(stamps, stream.time_base, fps), fps
 
 
 def _first_frame(container: Any, stream: Any, path: Path) -> Any:

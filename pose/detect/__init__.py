@@ -4,6 +4,12 @@
 `PoseFrame` normalized to that image (an empty list when nobody is found). Picking one person
 per frame is a separate step (`pose.select.PersonTracker`).
 
+A detector reports only what the picture shows: both backends extrapolate joints beyond its
+edges with confident scores (MediaPipe scores the knees below a waist-up photo 0.84-0.88), and
+those points are set to "not found" (`pose.geometry.inside_picture`), so that alignment gives
+the bones the reference does not show the body's ratio and nothing is drawn where the picture
+has nothing.
+
 Backends:
 - `mediapipe` (default): MediaPipe Holistic, whose models ship inside the mediapipe wheel.
   Single-person: it returns the most prominent person only.
@@ -19,9 +25,21 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from pose.errors import PoseInputError
+from pose.layout import L_SHOULDER, NECK, PRESENT_SCORE, R_SHOULDER
 from pose.types import PoseFrame
 
 BACKENDS = ("mediapipe", "dwpose")
+
+
+def with_neck(body: np.ndarray) -> np.ndarray:
+    """OpenPose-18 body (18, 3) with the neck set as DWPose does: the shoulders' mean, scored 1
+    when both shoulders score above `PRESENT_SCORE`; otherwise (0, 0, 0), not found."""
+    out = np.array(body, dtype=np.float64, copy=True)
+    if out[R_SHOULDER, 2] > PRESENT_SCORE and out[L_SHOULDER, 2] > PRESENT_SCORE:
+        out[NECK] = (*((out[R_SHOULDER, :2] + out[L_SHOULDER, :2]) / 2), 1.0)
+    else:
+        out[NECK] = 0.0
+    return out
 
 
 @runtime_checkable

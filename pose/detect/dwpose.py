@@ -12,7 +12,8 @@ class-aware NMS (IoU 0.45, score 0.1) keeping persons scoring above 0.3; each bo
 1.25x, widened to the pose model's 3:4 aspect, warped (bilinear) to 288x384 and normalized with
 the ImageNet mean and std; keypoints are the SimCC argmax over 2, scores the smaller of the two
 axis maxima. The neck is the mean of the shoulders, scored 1 when both shoulders score above
-0.3, else 0. Feet (6 points) are dropped: the OpenPose-18 body has none.
+0.3, else 0. Feet (6 points) are dropped: the OpenPose-18 body has none. Points outside the
+image (the enlarged crop lets the model place them there) are not found: score 0.
 
 Written here rather than taken from rtmlib: rtmlib requires `opencv-python`, which would
 install a second copy of cv2 over mediapipe's `opencv-contrib-python`, and it differs from the
@@ -31,15 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pose.detect import with_neck
 from pose.errors import PoseInputError, require
+from pose.geometry import inside_picture
 from pose.images import as_rgb
 from pose.layout import (
-    COCO_L_SHOULDER,
-    COCO_R_SHOULDER,
-    NECK,
     NUM_BODY,
     OPENPOSE_FROM_COCO,
-    PRESENT_SCORE,
     WHOLEBODY_FACE,
     WHOLEBODY_LEFT_HAND,
     WHOLEBODY_NUM,
@@ -137,18 +136,16 @@ def decode_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float) -
 def wholebody_to_frame(points: np.ndarray, scores: np.ndarray, width: int, height: int) -> PoseFrame:
     """133 COCO-WholeBody points in pixels -> a PoseFrame normalized to width x height.
 
-    Negative scores (empty SimCC responses) become 0.
+    Negative scores (empty SimCC responses) become 0, and so do points outside the image.
     """
     xy = points / np.array([width, height], np.float64)
     sc = np.clip(scores, 0.0, None)
-    wb = np.concatenate([xy, sc[:, None]], axis=1)
+    wb = inside_picture(np.concatenate([xy, sc[:, None]], axis=1))
     body = np.zeros((NUM_BODY, 3), np.float64)
     for joint, coco in OPENPOSE_FROM_COCO.items():
         body[joint] = wb[coco]
-    body[NECK, :2] = (wb[COCO_R_SHOULDER, :2] + wb[COCO_L_SHOULDER, :2]) / 2
-    body[NECK, 2] = float(wb[COCO_R_SHOULDER, 2] > PRESENT_SCORE and wb[COCO_L_SHOULDER, 2] > PRESENT_SCORE)
     return PoseFrame(
-        body=body,
+        body=with_neck(body),
         left_hand=wb[WHOLEBODY_LEFT_HAND],
         right_hand=wb[WHOLEBODY_RIGHT_HAND],
         face=wb[WHOLEBODY_FACE],

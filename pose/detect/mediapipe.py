@@ -8,6 +8,8 @@ Mapping:
   shoulders, elbows, wrists, hips, knees, ankles), scored by MediaPipe's visibility. The neck
   is inserted as DWPose does: the mean of the shoulders, score 1 when both shoulders score above
   0.3, else 0. MediaPipe's hips sit a little higher and wider than COCO's.
+- points outside the picture (MediaPipe extrapolates hidden limbs, with a high visibility) are
+  not found: score 0. The legacy API gives no per-landmark presence to use instead.
 - hands: MediaPipe's 21 hand landmarks use OpenPose's hand order. Holistic assigns hands by the
   pose's wrists, so "left" is the person's left, as in OpenPose. MediaPipe gives no per-point
   confidence for hands and face: a detected part's points all get `part_score`.
@@ -21,17 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pose.detect import with_neck
 from pose.errors import PoseInputError, require
+from pose.geometry import inside_picture
 from pose.images import as_rgb
-from pose.layout import (
-    L_SHOULDER,
-    NECK,
-    NUM_BODY,
-    NUM_FACE,
-    NUM_HAND,
-    PRESENT_SCORE,
-    R_SHOULDER,
-)
+from pose.layout import NUM_BODY, NUM_FACE, NUM_HAND
 from pose.types import PoseFrame
 
 # OpenPose-18 joint -> MediaPipe pose landmark (the neck, 1, is computed).
@@ -130,8 +126,6 @@ class MediaPipeDetector:
         for joint, idx in _BODY_FROM_MP.items():
             lm = pose[idx]
             body[joint] = (lm.x, lm.y, min(max(lm.visibility, 0.0), 1.0))
-        body[NECK, :2] = (body[R_SHOULDER, :2] + body[L_SHOULDER, :2]) / 2
-        body[NECK, 2] = float(body[R_SHOULDER, 2] > PRESENT_SCORE and body[L_SHOULDER, 2] > PRESENT_SCORE)
 
         def hand(landmarks) -> np.ndarray:
             out = np.zeros((NUM_HAND, 3), np.float64)
@@ -146,10 +140,10 @@ class MediaPipeDetector:
             face[:, :2] = [mesh[list(idx)].mean(axis=0) for idx in _FACE_FROM_MESH]
             face[:, 2] = self.part_score
         return PoseFrame(
-            body=body,
-            left_hand=hand(result.left_hand_landmarks),
-            right_hand=hand(result.right_hand_landmarks),
-            face=face,
+            body=with_neck(inside_picture(body)),
+            left_hand=inside_picture(hand(result.left_hand_landmarks)),
+            right_hand=inside_picture(hand(result.right_hand_landmarks)),
+            face=inside_picture(face),
         )
 
     def reset(self) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from pose.align import BONES, align_linear, align_poses, fit_linear, plan_retarget, retarget, RetargetConfig
 from pose.errors import NoPersonError, PoseInputError
-from pose.layout import BODY_SLICE, NECK, NOSE, R_WRIST, L_WRIST
+from pose.layout import BODY_SLICE, L_ANKLE, L_HIP, L_KNEE, L_WRIST, NECK, NOSE, R_ANKLE, R_HIP, R_KNEE, R_WRIST
 from pose.types import PoseFrame
 from tests.pose.synthetic import STANDING, body_points, full_frame, make_frame, sequence
 
@@ -14,8 +14,8 @@ OUT_W, OUT_H = 576, 1024  # output frame (the cropped reference)
 DRV_W, DRV_H = 1920, 1080  # landscape driving clip
 
 
-def _reference(scale=3.0, bones=STANDING):
-    return full_frame((288, 260), OUT_W, OUT_H, bones=bones, scale=scale)
+def _reference(scale=3.0, bones=STANDING, neck=(288, 260)):
+    return full_frame(neck, OUT_W, OUT_H, bones=bones, scale=scale)
 
 
 def _px(frame: PoseFrame, w, h):
@@ -62,7 +62,7 @@ def test_retarget_keeps_reference_bone_lengths_within_one_percent():
         ref_bones[i][0] *= 1.3
     for i in (1, 2, 4, 5):
         ref_bones[i][0] *= 0.8
-    ref = _reference(scale=2.5, bones=[tuple(b) for b in ref_bones])
+    ref = _reference(scale=2.5, bones=[tuple(b) for b in ref_bones], neck=(288, 180))  # feet inside the frame
     drive = _waving(40, scale=1.4, neck0=(900, 250), drift=(6.0, 1.0))
     out = retarget(drive, ref, width=OUT_W, height=OUT_H)
     ref_len = _bone_lengths(ref, OUT_W, OUT_H)
@@ -86,7 +86,7 @@ def test_linear_alignment_distorts_proportions_that_retargeting_keeps():
     ref_bones = [list(b) for b in STANDING]
     for i in (7, 8, 10, 11):
         ref_bones[i][0] *= 1.3
-    ref = _reference(scale=2.5, bones=[tuple(b) for b in ref_bones])
+    ref = _reference(scale=2.5, bones=[tuple(b) for b in ref_bones], neck=(288, 180))  # feet inside the frame
     drive = _waving(10, scale=1.4, neck0=(900, 250))
     ref_len = _bone_lengths(ref, OUT_W, OUT_H)
     lin = align_linear(drive, ref, width=OUT_W, height=OUT_H)
@@ -124,6 +124,24 @@ def test_waist_up_reference_gets_legs_at_the_body_ratio():
     drive = sequence([full_frame((960, 300), DRV_W, DRV_H, scale=1.5)] * 3, DRV_W, DRV_H)
     out = retarget(drive, ref, width=OUT_W, height=OUT_H)
     np.testing.assert_allclose(_bone_lengths(out[0], OUT_W, OUT_H), _bone_lengths(full, OUT_W, OUT_H), rtol=1e-3)
+
+
+def test_reference_joints_outside_the_frame_count_as_not_shown():
+    """A detector's confident guesses below a waist-up reference (here legs 1.6x too long, at
+    score 0.85) must not set the leg ratios: the legs get the body ratio, as documented."""
+    ref_bones = [list(b) for b in STANDING]
+    for i in (7, 8, 10, 11):  # thighs and shins
+        ref_bones[i][0] *= 1.6
+    ref = full_frame((288, 600), OUT_W, OUT_H, bones=[tuple(b) for b in ref_bones], scale=3.0, score=0.85)
+    assert (ref.body[[R_KNEE, L_KNEE, R_ANKLE, L_ANKLE], 1] > 1).all()  # below the frame
+    drive = sequence([full_frame((960, 300), DRV_W, DRV_H, scale=1.5)] * 3, DRV_W, DRV_H)
+    plan = plan_retarget(drive, ref, width=OUT_W, height=OUT_H)
+    legs = [BONES.index(b) for b in ((R_HIP, R_KNEE), (R_KNEE, R_ANKLE), (L_HIP, L_KNEE), (L_KNEE, L_ANKLE))]
+    np.testing.assert_allclose([plan.bone_ratios[i] for i in legs], plan.body_ratio)
+    assert plan.body_ratio == pytest.approx(2.0)  # scale 3.0 over 1.5
+    out = align_poses(drive, ref, width=OUT_W, height=OUT_H)
+    ratio = _bone_lengths(out[0], OUT_W, OUT_H)[legs] / _bone_lengths(drive[0], DRV_W, DRV_H)[legs]
+    np.testing.assert_allclose(ratio, plan.body_ratio, rtol=1e-5)
 
 
 def test_missing_and_absent_points_stay_missing():

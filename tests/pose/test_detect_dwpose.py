@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from pose.detect import make_detector
-from pose.detect.dwpose import DWPoseDetector, crop_transform, decode_simcc, nms
+from pose.detect.dwpose import DWPoseDetector, crop_transform, decode_simcc, nms, wholebody_to_frame
 from pose.errors import PoseInputError
-from pose.layout import L_SHOULDER, NECK, NOSE, R_SHOULDER
+from pose.layout import L_ANKLE, L_KNEE, L_SHOULDER, NECK, NOSE, OPENPOSE_FROM_COCO, R_ANKLE, R_KNEE, R_SHOULDER
 from pose.select import PersonTracker
 from tests.pose.synthetic import tiny_dwpose, tiny_yolox
 
@@ -83,6 +83,21 @@ def test_nms_and_simcc_helpers():
     np.testing.assert_allclose(locs[0, 0], (2.5, 1.5))
     assert scores[0, 0] == 0.4  # the smaller of the two axis maxima
     np.testing.assert_allclose(locs[0, 1], (-0.5, -0.5))  # empty response: -1 / split
+
+
+def test_points_outside_the_image_are_not_found():
+    """The enlarged crop lets the model put the knees of a waist-up person below the image."""
+    points = np.tile([[640.0, 300.0]], (133, 1))
+    scores = np.full(133, 0.9)
+    for joint in (R_KNEE, L_KNEE, R_ANKLE, L_ANKLE):
+        points[OPENPOSE_FROM_COCO[joint]] = (600.0, 720.0 + 40 * joint)  # below the 720-px image
+    points[OPENPOSE_FROM_COCO[L_SHOULDER]] = (-3.0, 200.0)  # left of it
+    points[100] = (1300.0, 10.0)  # a left-hand point right of it
+    frame = wholebody_to_frame(points, scores, W, H)
+    for joint in (R_KNEE, L_KNEE, R_ANKLE, L_ANKLE, L_SHOULDER, NECK):  # the neck needs both shoulders
+        assert tuple(frame.body[joint]) == (0.0, 0.0, 0.0)
+    assert frame.left_hand[100 - 91, 2] == 0.0 and frame.left_hand[0, 2] == pytest.approx(0.9)
+    assert frame.body[R_SHOULDER, 2] == pytest.approx(0.9) and frame.body[NOSE, 2] == pytest.approx(0.9)
 
 
 def test_crop_keeps_the_pose_models_aspect():

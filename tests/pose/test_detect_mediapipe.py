@@ -16,7 +16,11 @@ import pytest
 from pose.detect import make_detector
 from pose.detect.mediapipe import MediaPipeDetector
 from pose.errors import PoseInputError
-from pose.layout import L_EYE, L_SHOULDER, NECK, NOSE, R_EYE, R_SHOULDER
+from pose.align import BONES, align_poses, plan_retarget
+from pose.extract import detect_reference
+from pose.geometry import cover_crop_image
+from pose.layout import L_ANKLE, L_EYE, L_HIP, L_KNEE, L_SHOULDER, NECK, NOSE, R_ANKLE, R_EYE, R_HIP, R_KNEE, R_SHOULDER
+from tests.pose.synthetic import full_frame, sequence
 
 S = 768
 FRAMES = 12
@@ -107,6 +111,28 @@ def test_two_people_give_the_most_prominent_one(mp_image_detector, astronaut):
         assert len(people) == 1  # MediaPipe Holistic is single-person
         nose_x = people[0].body[NOSE, 0] * 1024
         assert big_x < nose_x < big_x + 512
+
+
+def test_a_waist_up_reference_has_no_legs_and_they_get_the_body_ratio(mp_image_detector, astronaut):
+    """MediaPipe guesses the knees below the astronaut (a waist-up photo cropped to 576x1024) at
+    y = 1.1-1.4 of the height with visibility 0.84-0.88; outside the picture, they are not found."""
+    reference = detect_reference(cover_crop_image(astronaut, 1024, 576), mp_image_detector)
+    legs = [R_KNEE, L_KNEE, R_ANKLE, L_ANKLE]
+    assert not reference.body[legs].any()
+    assert reference.body[[R_HIP, L_HIP, NECK, NOSE], 2].min() > 0.9  # what the photo shows is found
+    for part in (reference.body, reference.left_hand, reference.right_hand, reference.face):
+        assert ((part[:, :2] >= 0) & (part[:, :2] <= 1)).all()
+
+    drive = sequence([full_frame((960, 300), 1920, 1080, scale=1.5)] * 3, 1920, 1080)
+    plan = plan_retarget(drive, reference, width=576, height=1024)
+    leg_bones = [BONES.index(b) for b in ((R_HIP, R_KNEE), (R_KNEE, R_ANKLE), (L_HIP, L_KNEE), (L_KNEE, L_ANKLE))]
+    np.testing.assert_allclose([plan.bone_ratios[i] for i in leg_bones], plan.body_ratio)
+    out = align_poses(drive, reference, width=576, height=1024)
+    lengths = {}
+    for name, frame, (w, h) in (("out", out[0], (576, 1024)), ("drive", drive[0], (1920, 1080))):
+        px = frame.body[:, :2] * (w, h)
+        lengths[name] = np.array([np.linalg.norm(px[c] - px[a]) for a, c in (BONES[i] for i in leg_bones)])
+    np.testing.assert_allclose(lengths["out"] / lengths["drive"], plan.body_ratio, rtol=1e-4)
 
 
 def test_no_person_gives_no_pose(mp_image_detector):

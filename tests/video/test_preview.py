@@ -41,3 +41,12 @@ def test_side_by_side_rejects_sequences_of_different_length(tmp_path: Path) -> N
     with pytest.raises(VideoError, match="results ended after 2 frames"):
         write_side_by_side(tmp_path / "bad.mp4", pattern(0), [pattern(0)] * 3, [pattern(0)] * 2, 25)
     assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_side_by_side_rounds_an_odd_height_down_to_even(tmp_path: Path) -> None:
+    # 576x1024 (WxH) reference, 640x480 poses and results at a requested height of 33
+    out = write_side_by_side(
+        tmp_path / "odd.mp4", np.zeros((1024, 576, 3), np.uint8), [np.zeros((480, 640, 3), np.uint8)] * 2,
+        [pattern(1, (480, 640))] * 2, 24, height=33,
+    )
+    assert (out.height, out.width) == (32, 18 + 42 + 42)
