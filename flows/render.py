@@ -163,7 +163,10 @@ def _render(request: RenderRequest) -> dict:
 
     ingest_result = timed("ingest", ingest_task, request)
     job_id, store = ingest_result.job_id, request.store
-    get_run_logger().info("job %s: %s frames at %s fps", job_id, ingest_result.num_frames, ingest_result.output_fps)
+    logger = get_run_logger()
+    logger.info("job %s: %s frames at %s fps", job_id, ingest_result.num_frames, ingest_result.output_fps)
+    for note in ingest_result.notes:
+        logger.warning(note)
     timed("poses", poses_task, store, job_id, ingest_result)
     aligned = timed("align", align_task, store, job_id, ingest_result)
     segments = timed("plan", plan_task, store, job_id, aligned["frames"])

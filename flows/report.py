@@ -51,6 +51,7 @@ def report_markdown(job: JobContext, summary: dict) -> str:
         f"{video.get('frame_count')} frames, audio: {'yes' if ingest['has_audio'] else 'no'}. "
         f"Output: {ingest['num_frames']} frames at {ingest['output_fps']} fps (stride {request.stride}).",
         _missing_poses(summary.get("missing_pose_frames", []), ingest["num_frames"]),
+        *(f"**Warning:** {note}" for note in ingest.get("notes", [])),
         "## Settings",
         _table(["setting", "value"], [[k, v] for k, v in settings.items()]),
         "## Timings",

@@ -14,8 +14,9 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -97,6 +98,7 @@ class IngestResult:
     num_frames: int
     has_audio: bool
     video: dict
+    notes: list[str] = field(default_factory=list)  # warnings about the inputs, for the log and the report
 
     @property
     def fps(self) -> Fraction:
@@ -188,9 +190,10 @@ def ingest(request: RenderRequest) -> IngestResult:
     The job id is derived from the job's content unless given. The same content resumes the same
     job; a given id that already names different content is refused before anything is written.
     """
-    from PIL import Image, UnidentifiedImageError
+    from pose.errors import PoseInputError, PoseInputWarning
+    from pose.extract import prepare_reference
 
-    from controlnext_video.video import VideoError, output_rate, planned_frame_count, probe
+    from controlnext_video.video import DamagedVideoWarning, VideoError, output_rate, planned_frame_count, probe
 
     if not request.reference or not request.driving:
         raise JobInputError("the request needs both a reference image and a driving video")
@@ -198,15 +201,18 @@ def ingest(request: RenderRequest) -> IngestResult:
     scratch = Path(tempfile.mkdtemp(dir=local_work_dir(), prefix="ingest-"))
     reference = fetch(request.reference, scratch, "reference image")
     driving = fetch(request.driving, scratch, "driving video")
-    try:
-        with Image.open(reference) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise JobInputError(f"reference image {request.reference} is not a readable image: {exc}") from exc
-    try:
-        info = probe(driving)
-    except VideoError as exc:
-        raise JobInputError(str(exc)) from exc
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            prepare_reference(reference, height=request.height, width=request.width)
+        except PoseInputError as exc:
+            raise JobInputError(f"reference image {request.reference}: {exc}") from exc
+        try:
+            info = probe(driving)
+        except VideoError as exc:
+            raise JobInputError(str(exc)) from exc
+    notes = [str(w.message).replace(str(reference), request.reference).replace(str(driving), request.driving)
+             for w in caught if issubclass(w.category, (PoseInputWarning, DamagedVideoWarning))]
     num_frames = planned_frame_count(info, request.stride, request.max_frames or None)
     if num_frames < 1:
         raise JobInputError(f"driving video {request.driving}: no frames to render with stride {request.stride}")
@@ -224,7 +230,7 @@ def ingest(request: RenderRequest) -> IngestResult:
     result = IngestResult(
         job_id=job_id, reference_key=reference_key, driving_key=driving_key, reference_sha256=ref_sha,
         driving_sha256=clip_sha, source_fps=str(info.fps), output_fps=str(output_rate(info.fps, request.stride)),
-        num_frames=num_frames, has_audio=info.has_audio, video=info.to_dict(),
+        num_frames=num_frames, has_audio=info.has_audio, video=info.to_dict(), notes=notes,
     )
     store.write_json(layout.pose(INGEST), asdict(result))
     return result
@@ -263,7 +269,7 @@ def detect_poses(job: JobContext, ingest_result: IngestResult, progress: Callabl
     store.write_json(layout.pose(REFERENCE_POSE), openpose_json.frame_to_dict(ref_pose, request.width, request.height))
 
     settings = json.dumps(dict(backend=request.pose_backend, stride=request.stride, max_frames=request.max_frames,
-                               version=2), sort_keys=True)
+                               version=3), sort_keys=True)
     digest = hashlib.sha256(f"{ingest_result.driving_sha256}:{settings}".encode()).hexdigest()
     cached = cache_key("poses", digest, DRIVING_POSES)
     if not store.exists(cached):
@@ -600,6 +606,6 @@ def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames:
     target = local_work_dir() / layout.job_id / SIDE_BY_SIDE
     poses = (render_pose(aligned[i], request.height, request.width) for i in range(num_frames))
     write(target, reference, poses, output_frames(job, num_frames), ingest_result.fps,
-          height=min(PREVIEW_PANEL_HEIGHT, request.height) // 2 * 2)
+          height=min(PREVIEW_PANEL_HEIGHT, request.height))
     store.put_file(target, layout.output_file(SIDE_BY_SIDE))
     return layout.output_file(SIDE_BY_SIDE)

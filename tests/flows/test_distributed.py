@@ -109,6 +109,18 @@ def test_fan_out_matches_in_process(cluster, local_job, tmp_path):
     assert len(result["segments"]) >= 4 and workers == set(GPU_WORKERS), workers
 
 
+def test_output_on_a_worker_is_byte_identical_to_in_process(cluster, local_job, tmp_path):
+    """The same job encoded on the cpu worker (another process, another CPU set) and in this process."""
+    from prefect.deployments import run_deployment
+
+    server, _ = cluster
+    request, _, out = local_job
+    remote = request.model_copy(update=dict(store=str(tmp_path / "store"), output=str(tmp_path / "remote.mp4")))
+    final = wait_for(run_deployment("render/default", parameters={"request": remote.model_dump()}, timeout=0).id)
+    assert final.state.is_completed(), f"{final.state.message}\n{server.log_tail()}"
+    assert (tmp_path / "remote.mp4").read_bytes() == (out / "result.mp4").read_bytes()
+
+
 def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, clip_inputs, tmp_path):
     """A worker killed mid-segment, its run given two segments: what it had not finished is
     resubmitted to the other worker; every finished segment was rendered once."""

@@ -141,3 +141,32 @@ def test_temporaries_of_killed_writes_are_swept_when_old(tmp_path):
     assert store.list("jobs/a") == ["jobs/a/segments/0000/frames/frame_000000.png"]  # never listed
     assert store.remove_temporaries("jobs/a", older_than=300) == 1
     assert not old.exists() and fresh.exists()  # a live writer's file is left alone
+
+
+def test_corrupt_reference_is_named_and_damaged_clip_is_noted(tiny_model, clip_inputs, tmp_path):
+    """`render` names a corrupt PNG (it used to raise a raw SyntaxError), and a faststart MP4 cut in
+    half keeps its rate (24 fps, stride 2: 12 fps) with a warning in the job's notes."""
+    from flows import stages
+    from flows.demo import driving_frames
+
+    from controlnext_video.video import VideoWriter, iter_frames
+
+    reference, driving = clip_inputs
+    corrupt = tmp_path / "corrupt.png"
+    data = bytearray(reference.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the pixel data: the checksum no longer matches
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(stages.JobInputError, match=f"reference image {corrupt}"):
+        stages.ingest(small_request(corrupt, driving, tiny_model, tmp_path / "store"))
+    assert not (tmp_path / "store").exists()
+
+    whole, cut = tmp_path / "whole.mp4", tmp_path / "cut.mp4"
+    with VideoWriter(whole, 24, codec="h264") as writer:
+        for frame in driving_frames(seconds=2.0):
+            writer.write(frame)
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    result = stages.ingest(small_request(reference, cut, tiny_model, tmp_path / "store"))
+    decoded = sum(1 for _ in iter_frames(cut))
+    assert 0 < decoded < 48
+    assert result.output_fps == "12" and result.num_frames == -(-decoded // 2)
+    assert len(result.notes) == 1 and str(cut) in result.notes[0] and "48" in result.notes[0], result.notes

@@ -58,10 +58,16 @@ def test_artifacts_in_prefect(local_job):
 def test_rerun_renders_nothing_again(local_job, prefect_server):
     from flows.render import render
 
-    request, first, _ = local_job
+    request, first, out = local_job
+    job_folder = out / "store" / "jobs" / first["job_id"]
+    outputs = [out / "result.mp4", *sorted((job_folder / "output").rglob("*.*"))]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in outputs}
     again = render(request)
     assert again["job_id"] == first["job_id"]
     assert again["attempts"] == {}  # every segment record exists: no segment rendered twice
+    assert again["encoded"]["output_key"] == first["encoded"]["output_key"]
+    changed = [p for p in outputs if p.name != "report.md" and (p.stat().st_mtime_ns, p.read_bytes()) != before[p]]
+    assert not changed  # blended frames, video, preview and the delivered copy: untouched
 
 
 def test_same_request_same_frames_whatever_the_segmentation(local_job, tiny_model, clip_inputs, tmp_path):
