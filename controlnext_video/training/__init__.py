@@ -1,8 +1,10 @@
-"""Fine-tuning ControlNeXt-SVD: the official v2 training objective, noise levels and dropout.
+"""Fine-tuning ControlNeXt-SVD: the official v2 training objective, noise levels, dropout, examples.
 
 - `denoising_loss` / `per_sample_loss` / `DenoisingObjective` (objective.py): the official step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
+- `ClipSource`, `ArrayClip`, `HandBox`, `sample_frames`, `random_crop_box`, `hand_mask`,
+  `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
 
 Names are imported lazily: importing this package loads neither torch nor diffusers.
 """
@@ -17,6 +19,15 @@ _LAZY = {
     "DenoisingObjective": "objective",
     "NoiseSchedule": "noise",
     "apply_conditioning_dropout": "dropout",
+    "ClipSource": "data",
+    "ArrayClip": "data",
+    "HandBox": "data",
+    "TrainingExample": "data",
+    "sample_frames": "data",
+    "random_crop_box": "data",
+    "hand_mask": "data",
+    "load_example": "data",
+    "draw_example": "data",
 }
 
 __all__ = sorted(_LAZY)
