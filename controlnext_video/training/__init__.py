@@ -1,10 +1,13 @@
-"""Fine-tuning ControlNeXt-SVD: the official v2 training objective, noise levels, dropout, examples.
+"""Fine-tuning ControlNeXt-SVD: the official v2 training objective, data sampling, checkpoints.
 
 - `denoising_loss` / `per_sample_loss` / `DenoisingObjective` (objective.py): the official step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
 - `ClipSource`, `ArrayClip`, `HandBox`, `sample_frames`, `random_crop_box`, `hand_mask`,
   `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
+- `select_trainable` (params.py): what trains.
+- `save_checkpoint`, `load_checkpoint`, `latest_checkpoint` (checkpoint.py): checkpoints in
+  the artifact store.
 
 Names are imported lazily: importing this package loads neither torch nor diffusers.
 """
@@ -28,6 +31,11 @@ _LAZY = {
     "hand_mask": "data",
     "load_example": "data",
     "draw_example": "data",
+    "select_trainable": "params",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "latest_checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
 }
 
 __all__ = sorted(_LAZY)
