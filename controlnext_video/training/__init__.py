@@ -1,11 +1,13 @@
-"""Fine-tuning ControlNeXt-SVD: the official v2 training objective, data sampling, checkpoints.
+"""Fine-tuning ControlNeXt-SVD: the official v2 training objective, data sampling, the loop.
 
 - `denoising_loss` / `per_sample_loss` / `DenoisingObjective` (objective.py): the official step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
 - `ClipSource`, `ArrayClip`, `HandBox`, `sample_frames`, `random_crop_box`, `hand_mask`,
   `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
+- `BatchSettings`, `make_batch` (batch.py): encoded, noised batches from (seed, step).
 - `select_trainable` (params.py): what trains.
+- `TrainingConfig`, `train`, `StepReport`, `TrainingResult` (engine.py): the resumable loop.
 - `save_checkpoint`, `load_checkpoint`, `latest_checkpoint` (checkpoint.py): checkpoints in
   the artifact store.
 
@@ -31,7 +33,15 @@ _LAZY = {
     "hand_mask": "data",
     "load_example": "data",
     "draw_example": "data",
+    "BatchSettings": "batch",
+    "TrainingBatch": "batch",
+    "make_batch": "batch",
     "select_trainable": "params",
+    "TrainingConfig": "engine",
+    "StepReport": "engine",
+    "TrainingResult": "engine",
+    "train": "engine",
+    "evaluation_loss": "engine",
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "latest_checkpoint": "checkpoint",
