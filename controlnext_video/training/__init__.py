@@ -8,8 +8,8 @@
 - `BatchSettings`, `make_batch` (batch.py): encoded, noised batches from (seed, step).
 - `select_trainable` (params.py): what trains.
 - `TrainingConfig`, `train`, `StepReport`, `TrainingResult` (engine.py): the resumable loop.
-- `save_checkpoint`, `load_checkpoint`, `latest_checkpoint` (checkpoint.py): checkpoints in
-  the artifact store.
+- `save_checkpoint`, `load_checkpoint`, `latest_checkpoint` (checkpoint.py), `export_model`
+  (export.py): checkpoints and the fine-tuned model directory, in the artifact store.
 
 Names are imported lazily: importing this package loads neither torch nor diffusers.
 """
@@ -46,6 +46,8 @@ _LAZY = {
     "load_checkpoint": "checkpoint",
     "latest_checkpoint": "checkpoint",
     "CheckpointError": "checkpoint",
+    "export_model": "export",
+    "training_card": "export",
 }
 
 __all__ = sorted(_LAZY)
