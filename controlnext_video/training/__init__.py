@@ -3,7 +3,7 @@
 - `denoising_loss` / `per_sample_loss` / `DenoisingObjective` (objective.py): the official step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
-- `ClipSource`, `ArrayClip`, `HandBox`, `sample_frames`, `random_crop_box`, `hand_mask`,
+- `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`, `hand_mask`,
   `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
 - `BatchSettings`, `make_batch` (batch.py): encoded, noised batches from (seed, step).
 - `select_trainable` (params.py): what trains.
@@ -26,6 +26,7 @@ _LAZY = {
     "apply_conditioning_dropout": "dropout",
     "ClipSource": "data",
     "ArrayClip": "data",
+    "VideoClip": "data",
     "HandBox": "data",
     "TrainingExample": "data",
     "sample_frames": "data",

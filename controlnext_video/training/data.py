@@ -13,14 +13,15 @@ For one example of a clip of `L` frames:
   with 0, in order, and can erase an overlapping box; frame 0 (the reference) weighs 1.
 
 Clips are any `ClipSource`: frames and rendered pose images at the source resolution, and the
-hand boxes of each frame. Everything here is a pure function of its inputs and the given random
-generator.
+hand boxes of each frame (`ArrayClip` in memory, `VideoClip` streamed from a video file).
+Sampling and preparation are pure functions of their inputs and the given random generator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -123,6 +124,61 @@ class ArrayClip:
 
     def hand_boxes(self, index: int) -> Sequence[HandBox]:
         return () if self.hands is None else self.hands[index]
+
+
+class VideoClip:
+    """A `ClipSource` over a video file (or PNG-sequence folder): frames are streamed from the
+    file at each read, decoding only up to the last frame asked for; pose images come from
+    `render_pose(index)` (the render path's pose renderer at the source size) and hand boxes
+    from `hands` (one sequence per frame).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        render_pose: Callable[[int], np.ndarray],
+        hands: Sequence[Sequence[HandBox]],
+        info=None,
+    ) -> None:
+        from ..video import planned_frame_count, probe
+
+        self.path = Path(path)
+        self.info = probe(self.path) if info is None else info
+        self._count = planned_frame_count(self.info)
+        if len(hands) != self._count:
+            raise ValueError(f"{self.path}: hands has {len(hands)} entries for {self._count} frames")
+        self._render_pose = render_pose
+        self._hands = hands
+
+    @property
+    def num_frames(self) -> int:
+        return self._count
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.info.height, self.info.width
+
+    def frames(self, indices: Sequence[int]) -> np.ndarray:
+        from ..video import iter_frames
+
+        wanted = set(indices)
+        if not wanted or min(wanted) < 0 or max(wanted) >= self._count:
+            raise IndexError(f"{self.path}: frame indices {sorted(wanted)} outside 0..{self._count - 1}")
+        found = {}
+        for index, frame in enumerate(iter_frames(self.path, max_frames=max(wanted) + 1, info=self.info)):
+            if index in wanted:
+                found[index] = frame
+        return np.stack([found[i] for i in indices])
+
+    def poses(self, indices: Sequence[int]) -> np.ndarray:
+        images = np.stack([self._render_pose(i) for i in indices])
+        if images.shape[1:] != (*self.size, 3) or images.dtype != np.uint8:
+            raise ValueError(f"render_pose must return uint8 {(*self.size, 3)} images, got {images.dtype} {images.shape[1:]}")
+        return images
+
+    def hand_boxes(self, index: int) -> Sequence[HandBox]:
+        return self._hands[index]
 
 
 @dataclass(frozen=True)

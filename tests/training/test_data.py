@@ -127,3 +127,26 @@ def test_array_clip_checks_its_arrays():
         ArrayClip(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((3, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="hands"):
         ArrayClip(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((2, 8, 8, 3), np.uint8), hands=[[]])
+
+
+def test_video_clip_streams_the_frames_asked_for(tmp_path):
+    from tests.video.clips import make_clip, read_counter
+
+    from controlnext_video.training import VideoClip
+
+    path = make_clip(tmp_path / "clip.mp4", frames=20, fps=25)
+    hands = [[HandBox(0.1, 0.1, 0.2, 0.2, 0.9)] if i == 7 else [] for i in range(20)]
+    clip = VideoClip(path, render_pose=lambda i: np.full((64, 96, 3), i, np.uint8), hands=hands)
+    assert isinstance(clip, ClipSource) and clip.num_frames == 20 and clip.size == (64, 96)
+    frames = clip.frames([12, 3, 5, 3])
+    assert frames.shape == (4, 64, 96, 3)
+    assert [read_counter(f) for f in frames] == [12, 3, 5, 3]
+    assert clip.poses([4, 9])[:, 0, 0, 0].tolist() == [4, 9]
+    assert clip.hand_boxes(7) == hands[7] and clip.hand_boxes(8) == []
+    with pytest.raises(IndexError):
+        clip.frames([20])
+    with pytest.raises(ValueError, match="hands"):
+        VideoClip(path, render_pose=lambda i: None, hands=[])
+    bad = VideoClip(path, render_pose=lambda i: np.zeros((8, 8, 3), np.uint8), hands=hands)
+    with pytest.raises(ValueError, match="render_pose"):
+        bad.poses([0])
