@@ -142,7 +142,10 @@ class TrainingResult:
 
 
 def make_accelerator(config: TrainingConfig, device: torch.device | str):
-    """The `accelerate.Accelerator` for `config` (CPU when `device` is the CPU)."""
+    """The `accelerate.Accelerator` for `config` (CPU when `device` is the CPU).
+
+    accelerate keeps one state per process: a process trains with one `mixed_precision`.
+    """
     from accelerate import Accelerator
 
     return Accelerator(mixed_precision=config.mixed_precision, cpu=torch.device(device).type == "cpu")

@@ -30,7 +30,7 @@ def main(settings: dict) -> None:
         steps=settings["steps"], batch_size=settings.get("batch_size", 1),
         gradient_accumulation_steps=settings.get("accumulation", 1), learning_rate=1e-3, warmup_steps=2,
         adam_epsilon=settings.get("adam_epsilon", 1e-8),
-        unet_training=settings.get("unet_training", "selective"), mixed_precision="no", gradient_checkpointing=False,
+        unet_training=settings.get("unet_training", "selective"), mixed_precision=settings.get("mixed_precision", "no"), gradient_checkpointing=False,
         checkpoint_every=settings.get("checkpoint_every", 2), seed=7,
         data=BatchSettings(height=32, width=32, sample_n_frames=3, frame_interval=2),
     )
