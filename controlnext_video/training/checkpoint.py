@@ -131,7 +131,9 @@ def load_checkpoint(store, key: str) -> Checkpoint:
     )
 
 
-def restore_trainable(parameters: Mapping[str, torch.nn.Parameter], saved: Mapping[str, torch.Tensor], key: str) -> None:
+def restore_trainable(
+    parameters: Mapping[str, torch.nn.Parameter], saved: Mapping[str, torch.Tensor], key: str
+) -> None:
     """Copy saved values into the trainable parameters; the names and shapes must match exactly."""
     try:
         check_tensors(parameters, saved, what="checkpoint", path=key)

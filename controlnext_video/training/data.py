@@ -174,7 +174,9 @@ class VideoClip:
     def poses(self, indices: Sequence[int]) -> np.ndarray:
         images = np.stack([self._render_pose(i) for i in indices])
         if images.shape[1:] != (*self.size, 3) or images.dtype != np.uint8:
-            raise ValueError(f"render_pose must return uint8 {(*self.size, 3)} images, got {images.dtype} {images.shape[1:]}")
+            raise ValueError(
+                f"render_pose must return uint8 {(*self.size, 3)} images, got {images.dtype} {images.shape[1:]}"
+            )
         return images
 
     def hand_boxes(self, index: int) -> Sequence[HandBox]:
@@ -234,7 +236,9 @@ class CropBox:
     width: int
 
 
-def random_crop_box(source_height: int, source_width: int, height: int, width: int, rng: np.random.Generator) -> CropBox:
+def random_crop_box(
+    source_height: int, source_width: int, height: int, width: int, rng: np.random.Generator
+) -> CropBox:
     """The official random crop to the aspect ratio `height / width`: the full extent along one
     axis, a random offset along the other."""
     if min(source_height, source_width, height, width) < 1:

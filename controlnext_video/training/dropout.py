@@ -14,7 +14,9 @@ import torch
 DEFAULT_DROPOUT_PROBABILITY = 0.1
 
 
-def dropout_keeps(p: torch.Tensor, probability: float = DEFAULT_DROPOUT_PROBABILITY) -> tuple[torch.Tensor, torch.Tensor]:
+def dropout_keeps(
+    p: torch.Tensor, probability: float = DEFAULT_DROPOUT_PROBABILITY
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which samples keep their image embedding and their reference latents.
 
     Shapes: p `(B,)` uniforms in [0, 1) -> two bool tensors `(B,)`.

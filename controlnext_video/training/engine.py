@@ -153,9 +153,12 @@ def make_accelerator(config: TrainingConfig, device: torch.device | str):
 
 def _check_resumable(saved: dict[str, Any], config: TrainingConfig, key: str) -> None:
     current = config.to_dict()
-    changed = sorted(k for k in current.keys() | saved.keys() if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    keys = (current.keys() | saved.keys()) - RESUMABLE_CHANGES
+    changed = sorted(k for k in keys if saved.get(k) != current.get(k))
     if changed:
-        raise CheckpointError(f"checkpoint {key} was written with other settings ({', '.join(changed)}); use another prefix")
+        raise CheckpointError(
+            f"checkpoint {key} was written with other settings ({', '.join(changed)}); use another prefix"
+        )
 
 
 def train(
@@ -192,7 +195,8 @@ def train(
     rounds = config.gradient_accumulation_steps
     if config.batch_size % (world * rounds):
         raise ValueError(
-            f"batch_size ({config.batch_size}) must be a multiple of processes x accumulation steps ({world} x {rounds})"
+            f"batch_size ({config.batch_size}) must be a multiple of processes x accumulation steps "
+            f"({world} x {rounds})"
         )
     per_round = config.batch_size // (world * rounds)
     batch_dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float32

@@ -45,7 +45,9 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
     }
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} for latents {tuple(latents.shape)}, got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{name} must have shape {shape} for latents {tuple(latents.shape)}, got {tuple(tensor.shape)}"
+            )
     if image_embeddings.ndim != 3 or image_embeddings.shape[0] != batch:
         raise ValueError(f"image_embeddings must be (B={batch}, 1, D), got shape {tuple(image_embeddings.shape)}")
     if pose_frames.ndim != 5 or tuple(pose_frames.shape[:3]) != (batch, frames, 3):
@@ -53,7 +55,9 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
     if loss_weights is not None and (
         loss_weights.ndim != 5 or tuple(loss_weights.shape[:3]) != (batch, frames, 1)
     ):
-        raise ValueError(f"loss_weights must be (B={batch}, F={frames}, 1, H, W), got shape {tuple(loss_weights.shape)}")
+        raise ValueError(
+            f"loss_weights must be (B={batch}, F={frames}, 1, H, W), got shape {tuple(loss_weights.shape)}"
+        )
     if not bool((sigmas > 0).all()):
         raise ValueError("sigmas must be positive")
 

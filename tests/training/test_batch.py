@@ -58,7 +58,8 @@ def test_dropout_zeroes_conditioning_per_example(pipe, clips):
     kept_embedding = batch.image_embeddings.flatten(1).abs().sum(1) > 0
     kept_reference = batch.reference_latents.flatten(1).abs().sum(1) > 0
     assert not bool((kept_embedding & kept_reference).any())
-    plain = make_batch(pipe, clips, dataclasses.replace(SETTINGS, conditioning_dropout=0.0), seed=0, step=0, indices=range(6), global_batch_size=6)
+    no_dropout = dataclasses.replace(SETTINGS, conditioning_dropout=0.0)
+    plain = make_batch(pipe, clips, no_dropout, seed=0, step=0, indices=range(6), global_batch_size=6)
     assert bool((plain.image_embeddings.flatten(1).abs().sum(1) > 0).all())
 
 

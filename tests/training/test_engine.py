@@ -146,7 +146,8 @@ def test_accumulation_gives_the_update_of_the_whole_batch(clips, tmp_path):
     results = []
     for rounds in (1, 2):
         pipe = build_tiny_pipeline(seed=0)
-        train(pipe, clips, _config(steps=1, batch_size=2, gradient_accumulation_steps=rounds, adam_epsilon=COMPARABLE_EPS),
+        config = _config(steps=1, batch_size=2, gradient_accumulation_steps=rounds, adam_epsilon=COMPARABLE_EPS)
+        train(pipe, clips, config,
               store=ArtifactStore(tmp_path / str(rounds)), prefix="run")
         results.append(_snapshot(pipe))
     worst = max((results[0][k] - results[1][k]).abs().max().item() for k in results[0])

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from controlnext_video.factory import tiny_components
-from controlnext_video.training import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, select_trainable
+from controlnext_video.training import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    select_trainable,
+)
 from controlnext_video.training.checkpoint import checkpoint_key, restore_trainable
 from controlnext_video.training.params import count_parameters
 
@@ -51,13 +57,13 @@ def _params(seed: int = 0) -> dict[str, torch.nn.Parameter]:
             "unet.b": torch.nn.Parameter(torch.randn(4, generator=gen))}
 
 
-def _save(store, step, params, keep=2, extra=None):
+def _save(store, step, params, keep=2):
     opt = torch.optim.AdamW(list(params.values()), lr=1e-3)
     sum(p.sum() for p in params.values()).backward()
     opt.step()
     return save_checkpoint(
         store, "run/checkpoints", step=step, trainable=params, optimizer=opt.state_dict(),
-        lr_scheduler={"last_epoch": step, "base_lrs": [1e-3]}, state={"losses": [0.5] * step, **(extra or {})}, keep=keep,
+        lr_scheduler={"last_epoch": step, "base_lrs": [1e-3]}, state={"losses": [0.5] * step}, keep=keep,
     ), opt
 
 

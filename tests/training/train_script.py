@@ -30,7 +30,8 @@ def main(settings: dict) -> None:
         steps=settings["steps"], batch_size=settings.get("batch_size", 1),
         gradient_accumulation_steps=settings.get("accumulation", 1), learning_rate=1e-3, warmup_steps=2,
         adam_epsilon=settings.get("adam_epsilon", 1e-8),
-        unet_training=settings.get("unet_training", "selective"), mixed_precision=settings.get("mixed_precision", "no"), gradient_checkpointing=False,
+        unet_training=settings.get("unet_training", "selective"),
+        mixed_precision=settings.get("mixed_precision", "no"), gradient_checkpointing=False,
         checkpoint_every=settings.get("checkpoint_every", 2), seed=7,
         data=BatchSettings(height=32, width=32, sample_n_frames=3, frame_interval=2),
     )
@@ -40,13 +41,15 @@ def main(settings: dict) -> None:
         if report.step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = train(pipe, clips, config, store=ArtifactStore(settings["store"]), prefix=settings["prefix"], progress=progress)
+    store = ArtifactStore(settings["store"])
+    result = train(pipe, clips, config, store=store, prefix=settings["prefix"], progress=progress)
     state = {f"unet.{k}": v for k, v in pipe.unet.state_dict().items()}
     state |= {f"controlnext.{k}": v for k, v in pipe.controlnext.state_dict().items()}
     if int(os.environ.get("RANK", "0")) == 0:
         save_file({k: v.contiguous() for k, v in state.items()}, settings["out"])
         with open(settings["out"] + ".json", "w") as handle:
-            json.dump({"losses": result.losses, "resumed_from": result.resumed_from, "processes": result.processes}, handle)
+            record = {"losses": result.losses, "resumed_from": result.resumed_from, "processes": result.processes}
+            json.dump(record, handle)
 
 
 if __name__ == "__main__":
