@@ -3,13 +3,15 @@
 - `denoising_loss` / `per_sample_loss` / `DenoisingObjective` (objective.py): the official step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
-- `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`, `hand_mask`,
-  `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
+- `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`,
+  `hand_mask`, `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
 - `BatchSettings`, `make_batch` (batch.py): encoded, noised batches from (seed, step).
 - `select_trainable` (params.py): what trains.
-- `TrainingConfig`, `train`, `StepReport`, `TrainingResult` (engine.py): the resumable loop.
-- `save_checkpoint`, `load_checkpoint`, `latest_checkpoint` (checkpoint.py), `export_model`
-  (export.py): checkpoints and the fine-tuned model directory, in the artifact store.
+- `TrainingConfig`, `train`, `StepReport`, `TrainingResult`, `evaluation_loss` (engine.py): the
+  resumable loop.
+- `save_checkpoint`, `load_checkpoint`, `latest_checkpoint` (checkpoint.py), `export_model`,
+  `training_card` (export.py): checkpoints and the fine-tuned model directory, in the store.
+- `moving_disc_clip` (synthetic.py): a synthetic clip for tests, benchmarks and the demo.
 
 Names are imported lazily: importing this package loads neither torch nor diffusers.
 """
@@ -48,6 +50,7 @@ _LAZY = {
     "latest_checkpoint": "checkpoint",
     "CheckpointError": "checkpoint",
     "export_model": "export",
+    "moving_disc_clip": "synthetic",
     "training_card": "export",
 }
 

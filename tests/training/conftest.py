@@ -25,32 +25,3 @@ def loss_inputs(batch: int = 2, frames: int = 3, size: int = 32, seed: int = 0) 
         noise=torch.randn(batch, frames, 4, h, h, generator=gen),
     )
 
-
-def moving_clip(length: int, size: int, seed: int):
-    """A short clip: a coloured disc moving over a gradient; the pose image marks the disc's
-    centre with a cross, and a confident hand box surrounds the disc on every other frame."""
-    import numpy as np
-
-    from controlnext_video.training import ArrayClip, HandBox
-
-    rng = np.random.default_rng(seed)
-    colour = rng.integers(80, 256, 3)
-    yy, xx = np.mgrid[:size, :size] / size
-    background = np.stack([yy * 120, xx * 120, (1 - yy) * 60], axis=-1)
-    frames = np.empty((length, size, size, 3), np.uint8)
-    poses = np.zeros((length, size, size, 3), np.uint8)
-    hands = []
-    radius = size / 8
-    for i in range(length):
-        angle = 2 * np.pi * i / length + seed
-        cy, cx = 0.5 + 0.3 * np.sin(angle), 0.5 + 0.3 * np.cos(angle)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < (radius / size) ** 2
-        frame = background.copy()
-        frame[disc] = colour
-        frames[i] = frame.astype(np.uint8)
-        row, col = int(cy * size), int(cx * size)
-        poses[i, max(row - 1, 0) : row + 2, :] = (0, 0, 153)
-        poses[i, :, max(col - 1, 0) : col + 2] = (153, 0, 0)
-        box = HandBox(cx - radius / size, cy - radius / size, cx + radius / size, cy + radius / size, 0.9)
-        hands.append([box] if i % 2 else [])
-    return ArrayClip(frames, poses, hands)

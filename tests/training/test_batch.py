@@ -10,14 +10,14 @@ import torch
 from controlnext_video.training import BatchSettings, NoiseSchedule, make_batch
 from controlnext_video.training.batch import clip_for_example, derive_seed
 
-from .conftest import moving_clip
+from controlnext_video.training.synthetic import moving_disc_clip
 
 SETTINGS = BatchSettings(height=32, width=32, sample_n_frames=3, frame_interval=2)
 
 
 @pytest.fixture(scope="module")
 def clips():
-    return [moving_clip(12, 48, 0), moving_clip(12, 48, 1)]
+    return [moving_disc_clip(12, 48, 0), moving_disc_clip(12, 48, 1)]
 
 
 @pytest.fixture(scope="module")

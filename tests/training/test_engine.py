@@ -15,7 +15,7 @@ import torch
 
 from controlnext_video.training import BatchSettings, CheckpointError, TrainingConfig, train
 
-from .conftest import moving_clip
+from controlnext_video.training.synthetic import moving_disc_clip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "tests" / "training" / "train_script.py"
@@ -86,7 +86,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def clips():
-    return [moving_clip(12, 48, 0), moving_clip(12, 48, 1)]
+    return [moving_disc_clip(12, 48, 0), moving_disc_clip(12, 48, 1)]
 
 
 def _config(**changes) -> TrainingConfig:

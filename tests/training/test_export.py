@@ -10,7 +10,7 @@ from controlnext_video.factory import save_tiny_model
 from controlnext_video.training import BatchSettings, TrainingConfig, export_model, train, training_card
 from controlnext_video.training.export import base_files
 
-from .conftest import moving_clip
+from controlnext_video.training.synthetic import moving_disc_clip
 
 
 def test_fine_tuned_directory_loads_and_renders(tmp_path):
@@ -18,7 +18,7 @@ def test_fine_tuned_directory_loads_and_renders(tmp_path):
 
     base = save_tiny_model(tmp_path / "base", seed=0)
     pipe = ControlNeXtSVDPipeline.from_pretrained(base, torch_dtype=torch.float32)
-    clips = [moving_clip(12, 48, 0)]
+    clips = [moving_disc_clip(12, 48, 0)]
     config = TrainingConfig(
         steps=2, learning_rate=1e-3, warmup_steps=0, mixed_precision="no", gradient_checkpointing=False,
         checkpoint_every=2, data=BatchSettings(height=32, width=32, sample_n_frames=3, frame_interval=2),

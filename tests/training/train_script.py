@@ -21,11 +21,11 @@ def main(settings: dict) -> None:
     from controlnext_video.factory import build_tiny_pipeline
     from controlnext_video.training import BatchSettings, TrainingConfig, train
     from storage import ArtifactStore
-    from tests.training.conftest import moving_clip
+    from controlnext_video.training.synthetic import moving_disc_clip
 
     torch.set_num_threads(1)  # the same arithmetic in every process
     pipe = build_tiny_pipeline(seed=0)
-    clips = [moving_clip(12, 48, 0), moving_clip(12, 48, 1)]
+    clips = [moving_disc_clip(12, 48, 0), moving_disc_clip(12, 48, 1)]
     config = TrainingConfig(
         steps=settings["steps"], batch_size=settings.get("batch_size", 1),
         gradient_accumulation_steps=settings.get("accumulation", 1), learning_rate=1e-3, warmup_steps=2,
