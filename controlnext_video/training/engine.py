@@ -221,6 +221,8 @@ def train(
     if key is not None:
         checkpoint = load_checkpoint(store, key)
         _check_resumable(checkpoint.state["config"], config, key)
+        if checkpoint.step > config.steps:
+            raise CheckpointError(f"checkpoint {key} is past the run's last step ({config.steps})")
         restore_trainable(trainable, checkpoint.trainable, key)
         optimizer.load_state_dict(checkpoint.optimizer)
         lr_scheduler.load_state_dict(checkpoint.lr_scheduler)

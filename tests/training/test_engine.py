@@ -136,6 +136,8 @@ def test_finished_runs_return_and_other_settings_are_refused(tiny_pipe, clips, t
         train(tiny_pipe, clips, _config(learning_rate=5e-4), store=store, prefix="run")
     longer = train(tiny_pipe, clips, _config(steps=3), store=store, prefix="run")  # more steps: allowed
     assert longer.resumed_from == 2 and len(longer.losses) == 3
+    with pytest.raises(CheckpointError, match="past the run's last step"):
+        train(tiny_pipe, clips, _config(steps=2), store=store, prefix="run")
 
 
 def test_accumulation_gives_the_update_of_the_whole_batch(clips, tmp_path):
