@@ -1,6 +1,6 @@
 """Fine-tuning ControlNeXt-SVD: the official v2 training objective, data sampling, the loop.
 
-- `denoising_loss` / `per_sample_loss` / `DenoisingObjective` (objective.py): the official step.
+- `denoising_loss`, `DenoisingObjective` (objective.py): the official training step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
 - `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`,
@@ -18,46 +18,41 @@ Names are imported lazily: importing this package loads neither torch nor diffus
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_getattr
 
 _LAZY = {
-    "denoising_loss": "objective",
-    "per_sample_loss": "objective",
-    "DenoisingObjective": "objective",
-    "NoiseSchedule": "noise",
-    "apply_conditioning_dropout": "dropout",
-    "ClipSource": "data",
-    "ArrayClip": "data",
-    "VideoClip": "data",
-    "HandBox": "data",
-    "TrainingExample": "data",
-    "sample_frames": "data",
-    "random_crop_box": "data",
-    "hand_mask": "data",
-    "load_example": "data",
-    "draw_example": "data",
-    "BatchSettings": "batch",
-    "TrainingBatch": "batch",
-    "make_batch": "batch",
-    "select_trainable": "params",
-    "TrainingConfig": "engine",
-    "StepReport": "engine",
-    "TrainingResult": "engine",
-    "train": "engine",
-    "evaluation_loss": "engine",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
-    "latest_checkpoint": "checkpoint",
-    "CheckpointError": "checkpoint",
-    "export_model": "export",
-    "moving_disc_clip": "synthetic",
-    "training_card": "export",
+    "denoising_loss": ".objective",
+    "DenoisingObjective": ".objective",
+    "NoiseSchedule": ".noise",
+    "apply_conditioning_dropout": ".dropout",
+    "ClipSource": ".data",
+    "ArrayClip": ".data",
+    "VideoClip": ".data",
+    "HandBox": ".data",
+    "TrainingExample": ".data",
+    "sample_frames": ".data",
+    "random_crop_box": ".data",
+    "hand_mask": ".data",
+    "load_example": ".data",
+    "draw_example": ".data",
+    "BatchSettings": ".batch",
+    "TrainingBatch": ".batch",
+    "make_batch": ".batch",
+    "select_trainable": ".params",
+    "TrainingConfig": ".engine",
+    "StepReport": ".engine",
+    "TrainingResult": ".engine",
+    "train": ".engine",
+    "evaluation_loss": ".engine",
+    "save_checkpoint": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "latest_checkpoint": ".checkpoint",
+    "CheckpointError": ".checkpoint",
+    "export_model": ".export",
+    "moving_disc_clip": ".synthetic",
+    "training_card": ".export",
 }
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -25,7 +25,7 @@ import torch
 from .batch import BatchSettings, make_batch
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, restore_trainable, save_checkpoint
 from .data import ClipSource
-from .objective import TRAIN_FPS_ID, TRAIN_MOTION_BUCKET, DenoisingObjective, per_sample_loss
+from .objective import TRAIN_FPS_ID, TRAIN_MOTION_BUCKET, DenoisingObjective, denoising_loss
 from .params import UnetTraining, count_parameters, select_trainable
 
 MixedPrecision = Literal["no", "bf16"]
@@ -291,8 +291,8 @@ def _save(accelerator, store, prefix, step, trainable, optimizer, lr_scheduler, 
 def evaluation_loss(pipe, batch, config: TrainingConfig) -> float:
     """The loss of a fixed batch (e.g. `make_batch` with its own seed) with the current weights,
     in float32, without touching any training state: a comparable number across steps."""
-    loss = per_sample_loss(
-        pipe.unet, pipe.controlnext, **batch.to(pipe.device, torch.float32), fps_id=config.fps_id,
+    loss = denoising_loss(
+        pipe, **batch.to(pipe.device, torch.float32), fps_id=config.fps_id,
         motion_bucket_id=config.motion_bucket_id, noise_aug_strength=config.data.noise_aug_strength,
     )
-    return loss.mean().item()
+    return loss.item()

@@ -18,6 +18,8 @@ release's bf16 training (where 0.02 becomes 0.02002), float32 for the reference 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,9 +64,8 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
         raise ValueError("sigmas must be positive")
 
 
-def per_sample_loss(
-    unet: nn.Module,
-    controlnext: nn.Module,
+def denoising_loss(
+    pipe,
     *,
     latents: torch.Tensor,
     reference_latents: torch.Tensor,
@@ -76,14 +77,20 @@ def per_sample_loss(
     fps_id: float = TRAIN_FPS_ID,
     motion_bucket_id: float = TRAIN_MOTION_BUCKET,
     noise_aug_strength: float = TRAIN_NOISE_AUG,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> torch.Tensor:
-    """The training loss of each sample (see the module docstring), differentiable in the
-    parameters of `unet` (a stock `UNetSpatioTemporalConditionModel`) and `controlnext`.
+    """The loss of the official ControlNeXt-SVD v2 training step (see the module docstring; any
+    conditioning dropout is already applied to the inputs), differentiable in the parameters of
+    `pipe.unet` (a stock `UNetSpatioTemporalConditionModel`) and `pipe.controlnext`.
 
+    `pipe` is anything with those two attributes (a `ControlNeXtSVDPipeline`, a
+    `DenoisingObjective`). `reduction="none"` returns each sample's loss.
     Shapes: latents and noise `(B, F, C, h, w)`, reference_latents `(B, C, h, w)`,
     image_embeddings `(B, 1, D)`, pose_frames `(B, F, 3, H, W)` in [0, 1], sigmas `(B,)`,
-    loss_weights `(B, F, 1, H, W)` or None -> `(B,)` float32.
+    loss_weights `(B, F, 1, H, W)` or None -> `()` float32 (the batch mean), or `(B,)`.
     """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights)
     batch, frames = latents.shape[:2]
     sigma = sigmas.view(batch, 1, 1, 1, 1)
@@ -95,6 +102,7 @@ def per_sample_loss(
         [[fps_id, motion_bucket_id, noise_aug_strength]], dtype=sigmas.dtype, device=sigmas.device
     ).expand(batch, -1)
 
+    unet, controlnext = pipe.unet, pipe.controlnext
     control_dtype = next(controlnext.parameters()).dtype
     features = controlnext(pose_frames.to(control_dtype), timesteps)
     with control_injection(unet) as injector:
@@ -111,46 +119,12 @@ def per_sample_loss(
     if loss_weights is not None:
         pooled = F.adaptive_avg_pool2d(loss_weights.flatten(0, 1).float(), latents.shape[-2:])
         error = error * pooled.view(batch, frames, 1, *latents.shape[-2:])
-    return error.reshape(batch, -1).mean(dim=1)
-
-
-def denoising_loss(
-    pipe,
-    *,
-    latents: torch.Tensor,
-    reference_latents: torch.Tensor,
-    image_embeddings: torch.Tensor,
-    pose_frames: torch.Tensor,
-    sigmas: torch.Tensor,
-    noise: torch.Tensor,
-    loss_weights: torch.Tensor | None = None,
-    fps_id: float = TRAIN_FPS_ID,
-    motion_bucket_id: float = TRAIN_MOTION_BUCKET,
-    noise_aug_strength: float = TRAIN_NOISE_AUG,
-) -> torch.Tensor:
-    """The scalar loss of the official ControlNeXt-SVD v2 training step (conditioning dropout
-    already applied to the inputs, if any), differentiable in `pipe.unet` and `pipe.controlnext`.
-
-    Shapes: as `per_sample_loss` -> `()` float32 (the batch mean).
-    """
-    return per_sample_loss(
-        pipe.unet,
-        pipe.controlnext,
-        latents=latents,
-        reference_latents=reference_latents,
-        image_embeddings=image_embeddings,
-        pose_frames=pose_frames,
-        sigmas=sigmas,
-        noise=noise,
-        loss_weights=loss_weights,
-        fps_id=fps_id,
-        motion_bucket_id=motion_bucket_id,
-        noise_aug_strength=noise_aug_strength,
-    ).mean()
+    per_sample = error.reshape(batch, -1).mean(dim=1)
+    return per_sample.mean() if reduction == "mean" else per_sample
 
 
 class DenoisingObjective(nn.Module):
-    """`per_sample_loss` as a module holding the UNet and the control module, so that one
+    """`denoising_loss` as a module holding the UNet and the control module, so that one
     wrapper (DDP, FSDP, accelerate's mixed precision) sees every trainable parameter.
 
     The modules are the pipeline's own (not copies): what trains is what renders.
@@ -171,5 +145,5 @@ class DenoisingObjective(nn.Module):
         self.time_ids = dict(fps_id=fps_id, motion_bucket_id=motion_bucket_id, noise_aug_strength=noise_aug_strength)
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """Per-sample losses `(B,)` for `per_sample_loss`'s tensor inputs."""
-        return per_sample_loss(self.unet, self.controlnext, **inputs, **self.time_ids)
+        """Per-sample losses `(B,)` for `denoising_loss`'s tensor inputs."""
+        return denoising_loss(self, **inputs, **self.time_ids, reduction="none")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from controlnext_video import ControlNeXtSVDPipeline
-from controlnext_video.training import denoising_loss, per_sample_loss
+from controlnext_video.training import denoising_loss
 
 from .conftest import loss_inputs
 
@@ -68,9 +68,9 @@ def test_loss_weights_pool_to_latent_size(tiny_pipe):
     inputs = loss_inputs()
     batch, frames, _, h, w = inputs["latents"].shape
     with torch.no_grad():
-        plain = per_sample_loss(tiny_pipe.unet, tiny_pipe.controlnext, **inputs)
-        constant = per_sample_loss(
-            tiny_pipe.unet, tiny_pipe.controlnext, **inputs, loss_weights=torch.full((batch, frames, 1, 32, 32), 4.2)
+        plain = denoising_loss(tiny_pipe, **inputs, reduction="none")
+        constant = denoising_loss(
+            tiny_pipe, **inputs, loss_weights=torch.full((batch, frames, 1, 32, 32), 4.2), reduction="none"
         )
         torch.testing.assert_close(constant, 4.2 * plain)
         # Weight 5 on the top-left 8x8 pixels = one latent pixel of weight 5, the rest weight 1.
@@ -78,7 +78,7 @@ def test_loss_weights_pool_to_latent_size(tiny_pipe):
         weights[..., :8, :8] = 5
         spot = torch.zeros(batch, frames, 4, h, w)
         spot[..., 0, 0] = 1
-        weighted = per_sample_loss(tiny_pipe.unet, tiny_pipe.controlnext, **inputs, loss_weights=weights)
+        weighted = denoising_loss(tiny_pipe, **inputs, loss_weights=weights, reduction="none")
     # weighted - plain = 4 * (the squared error at latent pixel (0, 0)) / (F * C * h * w)
     error = _squared_error(tiny_pipe, inputs)
     expected_extra = 4 * (error * spot).flatten(1).sum(1) / (frames * 4 * h * w)
@@ -108,8 +108,11 @@ def test_batch_loss_is_the_mean_of_single_sample_losses(tiny_pipe):
     inputs = loss_inputs()
     with torch.no_grad():
         together = denoising_loss(tiny_pipe, **inputs)
+        each = denoising_loss(tiny_pipe, **inputs, reduction="none")
         alone = [denoising_loss(tiny_pipe, **{k: v[i : i + 1] for k, v in inputs.items()}) for i in range(2)]
-    torch.testing.assert_close(together, torch.stack(alone).mean(), rtol=1e-5, atol=1e-7)
+    assert each.shape == (2,)
+    torch.testing.assert_close(together, each.mean())
+    torch.testing.assert_close(each, torch.stack(alone), rtol=1e-5, atol=1e-7)
 
 
 def test_loss_trains_only_through_autograd_and_leaves_no_hook(tiny_pipe):
