@@ -6,8 +6,8 @@ GPU (real-size, random):  python bench/training.py --model svd --device cuda --h
 
 The run is `controlnext_video.training.train` itself on synthetic clips at the training size
 (data drawing, VAE and CLIP encoding, the official objective, the optimizer step). The first
-`--warmup` steps are not timed; checkpoints go to a temporary store and are written only after
-the last step (not timed). Peak memory is the CUDA allocator's peak on a GPU, the process's
+`--warmup` steps are not timed; the checkpoint (written after the last step, to a temporary
+store) is not timed either. Peak memory is the CUDA allocator's peak on a GPU, the process's
 peak resident set size on the CPU.
 """
 

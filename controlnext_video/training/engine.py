@@ -104,7 +104,7 @@ class StepReport:
         total_steps: `config.steps`.
         loss: the step's loss, averaged over its global batch.
         learning_rate: the learning rate the step used.
-        seconds: wall time of the step.
+        seconds: wall time of the step (data, forward, backward, optimizer; not the checkpoint).
         checkpoint: the key of the checkpoint written after this step, or None.
     """
 
@@ -255,13 +255,14 @@ def train(
             lr_scheduler.step()
             prepared_optimizer.zero_grad(set_to_none=True)
             losses.append(accelerator.reduce(total / rounds, reduction="mean").item())
+            seconds = time.perf_counter() - began
 
             done = step + 1
             key = None
             if done % config.checkpoint_every == 0 or done == config.steps:
                 key = _save(accelerator, store, prefix, done, trainable, optimizer, lr_scheduler, config, losses)
             if progress is not None and accelerator.is_main_process:
-                progress(StepReport(done, config.steps, losses[-1], learning_rate, time.perf_counter() - began, key))
+                progress(StepReport(done, config.steps, losses[-1], learning_rate, seconds, key))
     finally:
         model.eval()
         for module in (pipe.unet, pipe.controlnext):
