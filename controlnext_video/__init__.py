@@ -6,7 +6,7 @@ neither torch nor diffusers.
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_getattr
 
 _LAZY = {
     "ControlNeXtSVDPipeline": "controlnext_video.pipeline",
@@ -20,8 +20,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'controlnext_video' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -71,7 +71,13 @@ def _list(names: list[str]) -> str:
 
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str, path: Path | str) -> None:
     """Raise `WeightsError` unless `state` has exactly the module's keys and shapes."""
-    expected = module.state_dict()
+    check_tensors(module.state_dict(), state, what=what, path=path)
+
+
+def check_tensors(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], *, what: str, path: Path | str
+) -> None:
+    """Raise `WeightsError` unless `state` has exactly the keys and shapes of `expected`."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(

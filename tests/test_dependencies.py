@@ -49,8 +49,8 @@ def test_pose_never_touches_the_diffusion_model():
 def test_importing_the_library_does_no_work():
     """Importing the packages loads neither torch nor any model (nothing happens at import time)."""
     code = (
-        "import sys; import controlnext_video, controlnext_video.video, pose, pose.detect, pose.preview, "
-        "pose.extract, storage; heavy = [m for m in ('torch', 'diffusers', 'mediapipe', 'av', 'decord', 'cv2', "
+        "import sys; import controlnext_video, controlnext_video.video, controlnext_video.training, pose, "
+        "pose.detect, pose.preview, pose.extract, storage; heavy = [m for m in ('torch', 'diffusers', 'mediapipe', 'av', 'decord', 'cv2', "
         "'onnxruntime', 'fsspec', 'prefect', 'tqdm') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
