@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # your CUDA build of torch into the venv first and `make` keeps it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-e2e bench clean
 
 $(BIN)/controlnext-video: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# End to end across processes (a Prefect server, process workers, CLI subprocesses): slower.
+test-e2e: setup
+	$(BIN)/python -m pytest -m e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,7 +14,7 @@ the number of workers. Overlapping frames are cross-faded with smooth weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -138,6 +138,17 @@ def blend_frames(plan: SegmentPlan, frame: int, contributions: dict[int, np.ndar
         part = contributions[segment.index].astype(np.float64) * weight
         total = part if total is None else total + part
     return total.astype(np.float32)
+
+
+def blend_segments(plan: SegmentPlan, read_frame: Callable[[int, int], np.ndarray]) -> Iterator[np.ndarray]:
+    """Stream the output frames in order, each cross-faded from the segments that rendered it.
+
+    `read_frame(segment index, frame)` returns that segment's uint8 version of the frame; only
+    the versions of one output frame are held at a time. Yields uint8 `(H, W, 3)` frames.
+    """
+    for frame in range(plan.num_frames):
+        parts = {s.index: read_frame(s.index, frame).astype(np.float32) / 255.0 for s in plan.segments_for_frame(frame)}
+        yield np.round(blend_frames(plan, frame, parts) * 255.0).clip(0, 255).astype(np.uint8)
 
 
 def render_segment(

@@ -6,12 +6,16 @@ extra fails with an install hint only for the command that needs it.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from flows.liveness import DEFAULT_LOST_AFTER_SECONDS
 from flows.localcluster import prefect_executable
+from flows.options import request_from_options, request_parameters, with_request_options
+from flows.request import RenderRequest
 
 app = typer.Typer(
     name="controlnext-video",
@@ -24,6 +28,12 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Animate a reference image with the motion of a driving video (ControlNeXt-SVD)."""
+
+
+def _param(name: str, annotation, option, default=...) -> inspect.Parameter:
+    """A command option that is not a request field."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, option])
 
 
 @app.command("download-weights")
@@ -45,43 +55,36 @@ def download_weights_command(
         raise typer.Exit(code=2) from exc
 
 
+POSE_FIELDS = ("stride", "max_frames", "height", "width", "pose_backend", "dwpose_models", "align", "root_motion",
+               "smooth", "max_gap")
+
+
 @app.command("poses")
-def poses_command(
-    driving: Annotated[Path, typer.Option("--driving", help="Driving video (the motion).")],
-    reference: Annotated[Path, typer.Option("--reference", help="Reference image (the character).")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder for the pose JSON and the preview.")],
-    backend: Annotated[str, typer.Option(help="Pose detector: mediapipe (built in) or dwpose.")] = "mediapipe",
-    det_model: Annotated[Path | None, typer.Option(help="dwpose: path of yolox_l.onnx.")] = None,
-    pose_model: Annotated[Path | None, typer.Option(help="dwpose: path of dw-ll_ucoco_384.onnx.")] = None,
-    device: Annotated[str, typer.Option(help="dwpose: auto (CUDA when available), cpu or cuda.")] = "auto",
-    stride: Annotated[int, typer.Option(min=1, help="Use every stride-th driving frame.")] = 2,
-    max_frames: Annotated[int | None, typer.Option(min=1, help="Use at most this many driving frames.")] = None,
-    height: Annotated[int, typer.Option(min=16, help="Output height in pixels.")] = 1024,
-    width: Annotated[int, typer.Option(min=16, help="Output width in pixels.")] = 576,
-    align: Annotated[
-        str, typer.Option(help="Alignment: retarget (per-bone), linear (the reference's fit) or none.")
-    ] = "retarget",
-    root_motion: Annotated[
-        str, typer.Option(help="retarget: body travel scaled by body size (body), frame size (frame), or none.")
-    ] = "body",
-    smooth: Annotated[bool, typer.Option(help="Temporal smoothing (One Euro, zero lag).")] = True,
-    max_gap: Annotated[int, typer.Option(min=0, help="Longest detection gap (in sampled frames) to interpolate.")] = 4,
-    preview: Annotated[bool, typer.Option(help="Write preview.mp4.")] = True,
-    preview_height: Annotated[int, typer.Option(min=16, help="Height of each preview panel.")] = 512,
-    per_frame_json: Annotated[bool, typer.Option(help="Also write one OpenPose file per aligned frame.")] = False,
-) -> None:
-    """Detect, smooth and align poses; write OpenPose JSON and a side-by-side preview video."""
+@with_request_options(POSE_FIELDS, extra=[
+    _param("driving", Path, typer.Option("--driving", help="Driving video (the motion).")),
+    _param("reference", Path, typer.Option("--reference", help="Reference image (the character).")),
+    _param("out", Path, typer.Option("--out", help="Output folder for the pose JSON and the preview.")),
+    _param("device", str, typer.Option(help="dwpose: auto (CUDA when available), cpu or cuda."), "auto"),
+    _param("preview", bool, typer.Option(help="Write preview.mp4."), True),
+    _param("preview_height", int, typer.Option(min=16, help="Height of each preview panel."), 512),
+    _param("per_frame_json", bool, typer.Option(help="Also write one OpenPose file per aligned frame."), False),
+])
+def poses_command(**options) -> None:
+    """Detect, smooth and align poses exactly as `render` does (the same settings give the same
+    aligned poses); write OpenPose JSON and a side-by-side preview video."""
+    from dataclasses import replace
+
     from pose.errors import PoseError
     from pose.preview import make_pose_preview
-    from pose.smooth import SmoothingConfig
 
+    request = request_from_options(options, reference=str(options["reference"]), driving=str(options["driving"]))
     try:
         result = make_pose_preview(
-            driving, reference, out,
-            backend=backend, det_model=det_model, pose_model=pose_model, device=device,
-            stride=stride, max_frames=max_frames, height=height, width=width, align=align, root_motion=root_motion,
-            max_gap=max_gap, smoothing=SmoothingConfig() if smooth else None,
-            preview=preview, preview_height=preview_height, per_frame_json=per_frame_json,
+            options["driving"], options["reference"], options["out"],
+            replace(request.pose_settings(), device=options["device"]),
+            stride=request.stride, max_frames=request.max_frames or None, height=request.height, width=request.width,
+            preview=options["preview"], preview_height=options["preview_height"],
+            per_frame_json=options["per_frame_json"],
         )
     except PoseError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -99,23 +102,6 @@ def poses_command(
         typer.echo(f"note: {note}")
     if result.preview is not None:
         typer.echo(f"preview: {result.preview}")
-
-
-GUIDANCE_HELP = "Guidance scale (both ends of the per-window ramp; see --guidance-min/--guidance-max)."
-
-
-def _request_from_options(**options) -> "RenderRequest":
-    from pydantic import ValidationError
-
-    from flows.request import RenderRequest
-
-    fields = {k: v for k, v in options.items() if v is not None}
-    try:
-        return RenderRequest(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors())
-        typer.echo(f"error: invalid options: {problems}", err=True)
-        raise typer.Exit(code=2) from exc
 
 
 class _Bars:
@@ -206,64 +192,18 @@ def _print_result(result: dict, store: str) -> None:
 
 
 @app.command("render")
-def render_command(
-    reference: Annotated[str, typer.Option("--reference", help="Reference image (path or store URL).")],
-    driving: Annotated[str, typer.Option("--driving", help="Driving video (path or store URL).")],
-    model: Annotated[str, typer.Option("--model", help="Model directory (see download-weights).")],
-    output: Annotated[str, typer.Option("--output", help="Where to write the video (path or URL).")],
-    height: Annotated[int | None, typer.Option(help="Output height (multiple of 8).")] = None,
-    width: Annotated[int | None, typer.Option(help="Output width (multiple of 8).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
-    guidance: Annotated[float | None, typer.Option(help=GUIDANCE_HELP)] = None,
-    guidance_min: Annotated[float | None, typer.Option(help="Guidance at each window's first frame.")] = None,
-    guidance_max: Annotated[float | None, typer.Option(help="Guidance at each window's last frame.")] = None,
-    window: Annotated[int | None, typer.Option(help="Frames per temporal window.")] = None,
-    overlap: Annotated[int | None, typer.Option(help="Frames shared by neighbouring windows.")] = None,
-    stride: Annotated[int | None, typer.Option(help="Use every stride-th driving frame.")] = None,
-    max_frames: Annotated[int | None, typer.Option(help="Render at most this many frames.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
-    pose_backend: Annotated[str | None, typer.Option(help="mediapipe or dwpose.")] = None,
-    dwpose_models: Annotated[str | None, typer.Option(help="Folder with the DWPose ONNX files.")] = None,
-    align: Annotated[str | None, typer.Option(help="retarget, linear or none.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cuda, cuda:N or cpu.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, float32, float16 or bfloat16.")] = None,
-    control_scale: Annotated[float | None, typer.Option(help="Pose control strength.")] = None,
-    decode_chunk_size: Annotated[int | None, typer.Option(help="Frames decoded together.")] = None,
-    segment_length: Annotated[int | None, typer.Option(help="Frames per segment.")] = None,
-    segment_overlap: Annotated[int | None, typer.Option(help="Frames shared between segments.")] = None,
-    output_format: Annotated[str | None, typer.Option("--format", help="mp4, prores or png.")] = None,
-    crf: Annotated[int | None, typer.Option(help="H.264 quality (lower is better).")] = None,
-    audio: Annotated[bool, typer.Option(help="Carry the driving clip's audio.")] = True,
-    store: Annotated[str | None, typer.Option(help="Artifact store root (folder or s3:// URL).")] = None,
-    dispatch: Annotated[str | None, typer.Option(help="local, or deployment (GPU work pool).")] = None,
-    priority: Annotated[str | None, typer.Option(help="deployment: rush, default or batch work queue.")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="deployment: segment runs in flight at once.")] = None,
-    segments_per_run: Annotated[
-        int | None, typer.Option(help="deployment: segments per render-segment run, the model loaded once (0: auto).")
-    ] = None,
-    gpu_memory_gib: Annotated[float | None, typer.Option(help="Cap on the GPU memory used, in GiB (0: no cap).")] = None,
-    compile: Annotated[
-        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the UNet (GPU; cached on disk).")
-    ] = None,
-    channels_last: Annotated[
-        bool | None, typer.Option("--channels-last/--no-channels-last", help="Channels-last convolutions (GPU).")
-    ] = None,
-    job_id: Annotated[str | None, typer.Option(help="Job id (default: derived from the request).")] = None,
-) -> None:
-    """Render a video: the reference performs the driving clip's motion."""
+@with_request_options([f for f in RenderRequest.model_fields if f not in ("reference", "driving")],
+                      extra=[*request_parameters(("reference", "driving"), required=("reference", "driving")),
+                             _param("guidance", float | None, typer.Option(
+                                 help="Guidance scale at both ends of the per-window ramp (sets --guidance-min "
+                                      "and --guidance-max unless they are given)."), None)])
+def render_command(**options) -> None:
+    """Render a video: the reference performs the driving clip's motion (every option is a request field)."""
+    guidance = options.pop("guidance")
     if guidance is not None:
-        guidance_min = guidance if guidance_min is None else guidance_min
-        guidance_max = guidance if guidance_max is None else guidance_max
-    request = _request_from_options(
-        reference=reference, driving=driving, model=model, output=output, height=height, width=width,
-        steps=steps, guidance_min=guidance_min, guidance_max=guidance_max, window=window, overlap=overlap,
-        stride=stride, max_frames=max_frames, seed=seed, pose_backend=pose_backend, dwpose_models=dwpose_models,
-        align=align, device=device, dtype=dtype, control_scale=control_scale, decode_chunk_size=decode_chunk_size,
-        segment_length=segment_length, segment_overlap=segment_overlap, output_format=output_format, crf=crf,
-        audio=audio, store=store, dispatch=dispatch, priority=priority, max_in_flight=max_in_flight,
-        segments_per_run=segments_per_run, gpu_memory_gib=gpu_memory_gib, compile=compile,
-        channels_last=channels_last, job_id=job_id,
-    )
+        options["guidance_min"] = guidance if options["guidance_min"] is None else options["guidance_min"]
+        options["guidance_max"] = guidance if options["guidance_max"] is None else options["guidance_max"]
+    request = request_from_options(options)
     _print_result(_run_render(request), request.store)
 
 
@@ -290,8 +230,8 @@ def demo_command(
         save_tiny_model(model)
     reference, driving = make_demo_inputs(out / "inputs")
     typer.echo(f"sample inputs: {reference} (astronaut photo), {driving} (moving photo with a tone track)")
-    request = _request_from_options(reference=str(reference), driving=str(driving), model=str(model),
-                                    store=str(out / "store"), output=str(out / "demo.mp4"), **DEMO_REQUEST)
+    request = request_from_options({}, reference=str(reference), driving=str(driving), model=str(model),
+                                   store=str(out / "store"), output=str(out / "demo.mp4"), **DEMO_REQUEST)
     _print_result(_run_render(request), request.store)
     typer.echo("\n" + TINY_MODEL_NOTE)
 
@@ -316,7 +256,7 @@ def serve_command(
 def create_pools_and_queues() -> None:
     """The `cpu` and `gpu` process work pools, each with the rush/default/batch priority queues."""
     from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkQueueCreate, WorkQueueUpdate
+    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
@@ -337,17 +277,23 @@ def create_pools_and_queues() -> None:
 def setup_cluster_command(
     inbox: Annotated[str, typer.Option(help="Inbox root (folder or s3:// URL) for the scheduled inbox flow.")] = "inbox",
     project_dir: Annotated[Path, typer.Option(help="Project folder on the workers.")] = Path("."),
+    lost_after: Annotated[float, typer.Option(
+        help="Seconds without a heartbeat after which a claimed or running segment run is marked Crashed "
+             "(its unfinished segments then go to another worker); at least 90.")] = DEFAULT_LOST_AFTER_SECONDS,
 ) -> None:
-    """Create the work pools, priority queues and deployments (prefect.yaml) on the Prefect server."""
+    """Create the work pools, priority queues, deployments (prefect.yaml) and the lost-run automation."""
     import os
     import subprocess
+
+    from flows.liveness import ensure_lost_run_automation
 
     create_pools_and_queues()
     project_dir = project_dir.resolve()
     env = dict(os.environ, CONTROLNEXT_PROJECT_DIR=str(project_dir), CONTROLNEXT_INBOX=inbox)
     subprocess.run([prefect_executable(), "--no-prompt", "deploy", "--all"], cwd=project_dir, env=env, check=True)
+    ensure_lost_run_automation(lost_after)
     typer.echo("work pools cpu and gpu, queues rush/default/batch, deployments render/default, "
-               "render-segment/gpu and inbox/scheduled are ready")
+               f"render-segment/gpu and inbox/scheduled, and the lost-run automation ({lost_after:.0f} s) are ready")
 
 
 @app.command("worker")
@@ -369,6 +315,64 @@ def worker_command(
     args = [prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit),
             "--type", "process"] + (["--with-healthcheck"] if healthcheck else [])
     os.execve(args[0], args, env)
+
+
+jobs_app = typer.Typer(help="List the jobs of an artifact store and delete old ones.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+STORE_OPTION = typer.Option(help="Artifact store root (folder or s3:// URL); default: CONTROLNEXT_STORE or renders.")
+
+
+@jobs_app.command("list")
+def jobs_list_command(store: Annotated[str | None, STORE_OPTION] = None) -> None:
+    """Every job with its state (running, succeeded, failed, cancelled, unknown) and last update."""
+    from storage import ArtifactStore, list_jobs
+
+    from flows.settings import Environment
+
+    for job in list_jobs(ArtifactStore(store or Environment.read().store)):
+        when = job.updated_at.strftime("%Y-%m-%d %H:%M") if job.updated_at else "-"
+        typer.echo(f"{job.job_id:<40} {job.state:<10} {when}  {job.message[:80]}")
+
+
+@jobs_app.command("clean")
+def jobs_clean_command(
+    older_than: Annotated[str, typer.Option(help="Age of the last update: 30d, 12h or 90m.")],
+    store: Annotated[str | None, STORE_OPTION] = None,
+    include_unknown: Annotated[bool, typer.Option(help="Also jobs without a status (dated by their request).")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be deleted.")] = False,
+) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled) last updated before --older-than; running
+    jobs are never deleted."""
+    from storage import FINAL_STATES, ArtifactStore, cleanup_jobs
+
+    from flows.settings import Environment
+
+    states = FINAL_STATES | ({"unknown"} if include_unknown else set())
+    deleted = cleanup_jobs(ArtifactStore(store or Environment.read().store), _age(older_than), states=states,
+                           dry_run=dry_run)
+    typer.echo(("would delete" if dry_run else "deleted") + f" {len(deleted)} job(s)" +
+               (": " + ", ".join(deleted) if deleted else ""))
+
+
+def _age(text: str):
+    from datetime import timedelta
+
+    units = dict(d="days", h="hours", m="minutes")
+    try:
+        return timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError):
+        raise typer.BadParameter(f"{text!r}: use a number and d, h or m (30d, 12h, 90m)", param_hint="--older-than")
+
+
+@app.command("settings")
+def settings_command() -> None:
+    """The environment this machine's commands and workers read (CONTROLNEXT_*, WORKER_ID)."""
+    from dataclasses import asdict
+
+    from flows.settings import Environment
+
+    for name, value in asdict(Environment.read()).items():
+        typer.echo(f"{name:<12} {value}")
 
 
 def main() -> None:

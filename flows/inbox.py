@@ -23,11 +23,10 @@ from pydantic import ValidationError
 
 from storage import ArtifactStore
 from storage.inbox import DONE, FAILED, INCOMING, PROCESSING, REASON_FILE, RESULT_FILE, Inbox, SubmissionError
-from storage.layout import safe_name
+from storage.layout import OUTPUT_NAMES, safe_name
 
 from .render import render
 from .request import RenderRequest
-from .stages import OUTPUT_NAMES
 
 # Settings the deployment owns: paths on the workers, where results go, how the job is dispatched.
 DEPLOYMENT_SETTINGS = ("output", "store", "model", "job_id", "dwpose_models", "dispatch", "segment_deployment")

@@ -101,10 +101,13 @@ class LocalCluster:
                 raise RuntimeError(f"the Prefect server did not start: see {self.logs / 'server.log'}")
             time.sleep(0.5)
 
-    def setup(self, inbox: str = "inbox") -> None:
-        """Work pools, queues and the prefect.yaml deployments (`controlnext-video setup-cluster`)."""
+    def setup(self, inbox: str = "inbox", lost_after: float | None = None) -> None:
+        """Work pools, queues, the prefect.yaml deployments and the lost-run automation
+        (`controlnext-video setup-cluster`)."""
+        extra = ["--lost-after", str(lost_after)] if lost_after is not None else []
         subprocess.run(
-            [sys.executable, "-m", "flows.cli", "setup-cluster", "--inbox", inbox, "--project-dir", str(PROJECT_DIR)],
+            [sys.executable, "-m", "flows.cli", "setup-cluster", "--inbox", inbox, "--project-dir", str(PROJECT_DIR),
+             *extra],
             env=self.env, cwd=PROJECT_DIR, check=True, capture_output=True, timeout=300,
         )
 

@@ -15,6 +15,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_run
 
+from storage import ArtifactStore, write_status
+
 from . import interrupt, stages
 from .dispatch import DeploymentDispatcher, LocalDispatcher, drive_segments, segments_per_run
 from .progress import ProgressReporter
@@ -55,9 +57,9 @@ def poses_task(store: str, job_id: str, ingest_result: stages.IngestResult) -> s
 
 
 @task(name="align", **stage_task)
-def align_task(store: str, job_id: str, ingest_result: stages.IngestResult) -> dict:
+def align_task(store: str, job_id: str, ingest_result: stages.IngestResult, detections: str) -> dict:
     job = stages.JobContext.open(store, job_id)
-    frames, missing = stages.align(job)
+    frames, missing = stages.align(job, detections)
     if missing:
         get_run_logger().warning("%s of %s frames have no pose (rendered with a black pose image): %s",
                                  len(missing), frames, frames_text(missing))
@@ -72,11 +74,10 @@ def plan_task(store: str, job_id: str, num_frames: int) -> list[list[int]]:
 
 
 @task(name="blend", **stage_task)
-def blend_task(store: str, job_id: str) -> str:
+def blend_task(store: str, job_id: str) -> None:
     job = stages.JobContext.open(store, job_id)
-    segment_plan = stages.load_plan(job)
     reporter = ProgressReporter(f"{job_id}-blend", "blending segments")
-    return stages.blend(job, segment_plan, lambda done, total: reporter.update(done / total))
+    stages.blend(job, stages.load_plan(job), lambda done, total: reporter.update(done / total))
 
 
 @task(name="encode", **stage_task)
@@ -91,21 +92,6 @@ def report_task(store: str, job_id: str, summary: dict) -> str:
     return write_report(job, summary)
 
 
-def cancel_segment_runs(flow, flow_run, state) -> None:
-    """On cancellation of a job, cancel its segment runs (Prefect does not cascade to deployment runs)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterTags
-    from prefect.states import Cancelling
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[f"parent:{flow_run.id}"]),
-            state=FlowRunFilterState(type={"any_": ["PENDING", "SCHEDULED", "RUNNING"]}),
-        ))
-        for run in runs:
-            client.set_flow_run_state(run.id, Cancelling(message="the job was cancelled"), force=True)
-
-
 def _run_name() -> str:
     request = current_run.parameters.get("request")
     driving = request.get("driving", "") if isinstance(request, dict) else getattr(request, "driving", "")
@@ -116,67 +102,75 @@ def render_segments(request: RenderRequest, job_id: str, segments: list[list[int
     """Fan the segments out (in-process or to the GPU pool) and wait until all are rendered."""
     logger = get_run_logger()
     job = stages.JobContext.open(request.store, job_id)
-    parent_id = str(current_run.id or "")
     reporter = ProgressReporter(f"{job_id}-progress", f"job {job_id}: segments rendered")
     if request.dispatch == "local":
-        dispatcher = LocalDispatcher(
-            lambda group, attempt: render_segment(request.store, job_id, list(group), attempt, ""))
-        poll = 0.0
+        dispatcher = LocalDispatcher(lambda group, attempt: render_segment(request.store, job_id, list(group), attempt))
         per_run = 1  # one process keeps its pipeline loaded: a subflow per segment, for the UI
     else:
         dispatcher = DeploymentDispatcher(
-            deployment=request.segment_deployment,
+            deployment=request.segment_deployment, job_id=job_id, work_queue_name=request.priority,
             parameters=lambda group, attempt: dict(store=request.store, job_id=job_id, segments=list(group),
-                                                   attempt=attempt, parent_flow_run_id=parent_id),
-            job_id=job_id, work_queue_name=request.priority, extra_tags=(f"parent:{parent_id}",),
+                                                   attempt=attempt),
         )
-        poll = min(2.0, request.stale_after_seconds / 10)
         per_run = segments_per_run(request.segments_per_run, len(segments), request.max_in_flight)
         logger.info("%s segments, %s per render-segment run, at most %s runs in flight",
                     len(segments), per_run, request.max_in_flight)
     return drive_segments(
-        [s[0] for s in segments], dispatcher,
-        is_done=lambda k: stages.segment_done(job, k), heartbeat=lambda k: stages.read_heartbeat(job, k),
-        max_in_flight=request.max_in_flight, max_attempts=request.max_attempts,
-        stale_after=request.stale_after_seconds, per_run=per_run, poll_seconds=poll,
+        [s[0] for s in segments], dispatcher, is_done=lambda k: stages.segment_done(job, k),
+        max_in_flight=request.max_in_flight, max_attempts=request.max_attempts, per_run=per_run,
         on_progress=lambda done, total: reporter.update(done / total, f"{done}/{total} segments rendered"),
         on_resubmit=lambda segments: stages.remove_temporaries(job, segments),
         log=logger.info,
     )
 
 
-@flow(name="render", flow_run_name=_run_name, on_cancellation=[cancel_segment_runs], log_prints=True)
+@flow(name="render", flow_run_name=_run_name, log_prints=True)
 def render(request: RenderRequest) -> dict:
-    """Animate `request.reference` with the motion of `request.driving`."""
+    """Animate `request.reference` with the motion of `request.driving`.
+
+    Cancelling a job cancels its segment runs: they are subflow runs of this one, and the Prefect
+    server cancels the subflow runs of a cancelled flow run (its cancellation-cleanup service).
+    """
     with interrupt.inside_flow_run():
-        return _render(request)
+        start = time.perf_counter()
+        ingest_result = ingest_task(request)
+        timings = dict(ingest=round(time.perf_counter() - start, 3))
+        job_id, store = ingest_result.job_id, ArtifactStore(request.store)
+        write_status(store, job_id, "running")
+        try:
+            summary = _render(request, ingest_result, timings)
+        except Exception as exc:
+            write_status(store, job_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        except KeyboardInterrupt:
+            write_status(store, job_id, "cancelled", "stopped by a signal")
+            raise
+        write_status(store, job_id, "succeeded")
+        return summary
 
 
-def _render(request: RenderRequest) -> dict:
-    timings: dict[str, float] = {}
-
+def _render(request: RenderRequest, ingest_result: stages.IngestResult, timings: dict[str, float]) -> dict:
     def timed(name, fn, *args):
         start = time.perf_counter()
         result = fn(*args)
         timings[name] = round(time.perf_counter() - start, 3)
         return result
 
-    ingest_result = timed("ingest", ingest_task, request)
     job_id, store = ingest_result.job_id, request.store
     logger = get_run_logger()
     logger.info("job %s: %s frames at %s fps", job_id, ingest_result.num_frames, ingest_result.output_fps)
     for note in ingest_result.notes:
         logger.warning(note)
-    timed("poses", poses_task, store, job_id, ingest_result)
-    aligned = timed("align", align_task, store, job_id, ingest_result)
+    detections = timed("poses", poses_task, store, job_id, ingest_result)
+    aligned = timed("align", align_task, store, job_id, ingest_result, detections)
     segments = timed("plan", plan_task, store, job_id, aligned["frames"])
     attempts = timed("render", render_segments, request, job_id, segments)
     timed("blend", blend_task, store, job_id)
     encoded = timed("encode", encode_task, store, job_id, ingest_result, aligned["frames"])
     summary = dict(job_id=job_id, ingest=asdict(ingest_result), timings=timings, attempts=attempts,
                    segments=segments, encoded=encoded, pose_preview=aligned["pose_preview"],
-                   missing_pose_frames=aligned["missing_pose_frames"],
-                   flow_run_id=str(current_run.id or ""))
+                   missing_pose_frames=aligned["missing_pose_frames"], flow_run_id=str(current_run.id or ""))
     summary["report"] = report_task(store, job_id, summary)
     stages.remove_temporaries(stages.JobContext.open(store, job_id))
+    logger.info("job %s done: %s", job_id, encoded.get("delivered") or ArtifactStore(store).url(encoded["output_key"]))
     return summary

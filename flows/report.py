@@ -5,7 +5,6 @@ from __future__ import annotations
 from .progress import artifact_key
 from .stages import JobContext
 
-REPORT = "report.md"
 # Frame numbers a log line or the report lists before summarising.
 MAX_LISTED_FRAMES = 40
 
@@ -76,7 +75,7 @@ def write_report(job: JobContext, summary: dict) -> str:
     from prefect.artifacts import create_markdown_artifact
 
     markdown = report_markdown(job, summary)
-    key = job.layout.output_file(REPORT)
+    key = job.layout.report
     job.store.write_text(key, markdown)
     create_markdown_artifact(markdown, key=artifact_key(summary["job_id"], "report"),
                              description=f"render report for {summary['job_id']}")

@@ -6,17 +6,14 @@ and a description; the form stays flat.
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DEFAULT_STORE_ENV = "CONTROLNEXT_STORE"
-DEFAULT_MODEL_ENV = "CONTROLNEXT_MODEL_DIR"
+from .settings import Environment
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
+# Fields of earlier versions, dropped when a stored request is read back.
+RETIRED_FIELDS = ("stale_after_seconds",)
 
 
 class RenderRequest(BaseModel):
@@ -28,10 +25,10 @@ class RenderRequest(BaseModel):
                            json_schema_extra={"position": 0})
     driving: str = Field("", description="Driving video (path or store URL): the motion to perform.",
                          json_schema_extra={"position": 1})
-    model: str = Field(default_factory=lambda: _env(DEFAULT_MODEL_ENV, "models/controlnext-svd"),
+    model: str = Field(default_factory=lambda: Environment.read().model_dir,
                        description="Model directory on the GPU workers (SVD layout + ControlNeXt files).",
                        json_schema_extra={"position": 2})
-    store: str = Field(default_factory=lambda: _env(DEFAULT_STORE_ENV, "renders"),
+    store: str = Field(default_factory=lambda: Environment.read().store,
                        description="Artifact store root: a local folder or an s3:// URL shared by all workers.",
                        json_schema_extra={"position": 3})
     output: str = Field("", description="Where to copy the final video (path or URL); empty: the job's output/.",
@@ -59,6 +56,12 @@ class RenderRequest(BaseModel):
     align: Literal["retarget", "linear", "none"] = Field(
         "retarget", description="Fit of the driving poses to the reference body: per-bone retargeting (default), "
                                 "the reference's whole-clip linear fit, or none.")
+    root_motion: Literal["body", "frame", "none"] = Field(
+        "body", description="retarget only: how far the body travels: as many body lengths as the driver (body), "
+                            "the same fraction of the frame (frame), or in place (none).")
+    smooth: bool = Field(True, description="Temporal smoothing of the poses (One Euro, zero lag).")
+    max_gap: int = Field(4, ge=0, le=1000, description="Longest run of frames without a detected pose (in sampled "
+                                                       "frames) that is interpolated; longer gaps stay empty.")
 
     segment_length: int = Field(72, ge=2, le=2000, description="Frames per segment (one GPU job each).")
     segment_overlap: int = Field(8, ge=0, le=1999, description="Frames shared and cross-faded between segments.")
@@ -72,8 +75,6 @@ class RenderRequest(BaseModel):
         description="Segments one render-segment run renders in turn, loading the model once (a render farm's "
                     "chunk size). 0: auto, the job spread evenly over max_in_flight runs, at most 4 per run.")
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per segment when a worker crashes or is lost.")
-    stale_after_seconds: float = Field(
-        300.0, ge=5.0, description="A running segment with no heartbeat for this long is treated as lost.")
 
     output_format: Literal["mp4", "prores", "png"] = Field(
         "mp4", description="H.264 MP4, ProRes 422 HQ MOV, or a PNG sequence.")
@@ -102,12 +103,30 @@ class RenderRequest(BaseModel):
             )
         if self.pose_backend == "dwpose" and not self.dwpose_models:
             raise ValueError("pose_backend 'dwpose' needs dwpose_models: a folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
+        if self.align != "retarget" and self.root_motion != "body":
+            raise ValueError(f"root_motion applies to align 'retarget' only, not {self.align!r}")
         return self
+
+    @classmethod
+    def from_stored(cls, data: dict) -> "RenderRequest":
+        """A request read back from a job folder (fields of earlier versions dropped)."""
+        return cls.model_validate({k: v for k, v in data.items() if k not in RETIRED_FIELDS})
+
+    def pose_settings(self):
+        """The request's `pose.settings.PoseSettings` (the same the `poses` command builds)."""
+        from pose.settings import PoseSettings
+        from pose.smooth import SmoothingConfig
+
+        options = dict(max_gap=self.max_gap, smoothing=SmoothingConfig() if self.smooth else None,
+                       align=self.align, root_motion=self.root_motion)
+        if self.pose_backend == "dwpose":
+            return PoseSettings.dwpose(self.dwpose_models, **options)
+        return PoseSettings(**options)
 
     # Settings that do not change the pictures: where the job goes, how it is dispatched and run.
     NON_PIXEL_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight", "segments_per_run",
-        "max_attempts", "stale_after_seconds", "store", "gpu_memory_gib", "compile", "channels_last",
+        "max_attempts", "store", "gpu_memory_gib", "compile", "channels_last",
     })
 
     def pixel_settings(self) -> dict:

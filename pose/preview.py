@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from pose import openpose_json
-from pose.align import ALIGN_METHODS, ROOT_MOTIONS, RetargetConfig, align_poses
-from pose.detect import make_detector
 from pose.errors import PoseInputError, PoseInputWarning, require
-from pose.extract import detect_clip, detect_reference, prepare_reference
+from pose.pipeline import detect_driving, finish_poses, reference_pose
 from pose.render import RenderStyle, overlay, render_pose
-from pose.smooth import DEFAULT_MAX_GAP, SmoothingConfig, fill_gaps, smooth_sequence
+from pose.settings import PoseSettings
 from pose.types import PoseSequence
 
 # x264 quality of the preview (it is for checking alignment, not for delivery).
@@ -80,104 +78,81 @@ def _input_notes(notes: list[str]) -> Iterator[None]:
             notes.append(str(warning.message))
 
 
-def _frame_list(seq: PoseSequence, flag: np.ndarray) -> tuple[int, ...]:
-    return tuple(int(i) for i, f in zip(seq.frame_indices, flag) if f)
-
-
 def make_pose_preview(
     driving: str | Path,
     reference: str | Path,
     out_dir: str | Path,
+    settings: PoseSettings = PoseSettings(),
     *,
-    backend: str = "mediapipe",
-    det_model: str | Path | None = None,
-    pose_model: str | Path | None = None,
-    device: str = "auto",
     stride: int = 2,
     max_frames: int | None = None,
     height: int = 1024,
     width: int = 576,
-    align: str = "retarget",
-    root_motion: str = "body",
-    max_gap: int = DEFAULT_MAX_GAP,
-    smoothing: SmoothingConfig | None = SmoothingConfig(),
     preview: bool = True,
     preview_height: int = 512,
     per_frame_json: bool = False,
     progress: bool = True,
 ) -> PosePreviewResult:
-    """Detect poses on the reference image (resized to cover height x width and centre-cropped)
-    and on every stride-th driving frame, fill detection gaps of up to max_gap frames, smooth
-    (smoothing=None: no smoothing), align to the reference with `align` (for "retarget",
-    `root_motion` says how the body's travel is scaled, see `RetargetConfig`), and write to
-    out_dir:
+    """Run the pose path (`pose.pipeline`, the render's own) and write its results to out_dir.
 
-    reference_pose.json (one frame, output-frame pixels), driving_poses.json (smoothed,
-    driving-frame pixels), aligned_poses.json (output-frame pixels: what gets rendered),
-    reference_crop.png, preview.mp4 (if `preview`), and with `per_frame_json` one OpenPose file
-    per aligned frame under aligned/.
+    The reference is resized to cover height x width and centre-cropped; every stride-th driving
+    frame is detected. Written: reference_pose.json (one frame, output-frame pixels),
+    driving_poses.json (gaps filled and smoothed, driving-frame pixels), aligned_poses.json
+    (output-frame pixels: what gets rendered), reference_crop.png, preview.mp4 (if `preview`),
+    and with `per_frame_json` one OpenPose file per aligned frame under aligned/.
 
     Warnings about the inputs (a reference far below the output size, a truncated clip) are
     returned in the result's ``notes`` instead of being issued.
     """
-    if align not in ALIGN_METHODS:
-        raise PoseInputError(f"align must be one of {', '.join(ALIGN_METHODS)}, got {align!r}")
-    if root_motion not in ROOT_MOTIONS:
-        raise PoseInputError(f"root_motion must be one of {', '.join(ROOT_MOTIONS)}, got {root_motion!r}")
-    if align != "retarget" and root_motion != "body":
-        raise PoseInputError(f"root_motion applies to align='retarget' only, not {align!r}")
     for name, v in (("height", height), ("width", width), ("preview_height", preview_height)):
         if int(v) != v or v < 16:
             raise PoseInputError(f"{name} must be an integer >= 16, got {v!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
     notes: list[str] = []
-    if backend == "mediapipe":
+    if settings.backend == "mediapipe":
         notes.append("mediapipe finds at most one person per frame (its most prominent one)")
     with _input_notes(notes):
-        ref_image = prepare_reference(reference, height=height, width=width)
-        ref_detector = make_detector(backend, video=False, det_model=det_model, pose_model=pose_model, device=device)
+        ref = reference_pose(reference, settings, height=height, width=width)
+        bar = _progress_bar(driving, stride, max_frames) if progress else None
         try:
-            ref_pose = detect_reference(ref_image, ref_detector, source=str(reference))
+            detected = detect_driving(driving, settings, stride=stride, max_frames=max_frames,
+                                      on_frame=(lambda i, p: bar.update(1)) if bar is not None else None)
         finally:
-            ref_detector.close()
-        clip_detector = make_detector(backend, video=True, det_model=det_model, pose_model=pose_model, device=device)
-        try:
-            detected = detect_clip(driving, clip_detector, stride=stride, max_frames=max_frames, progress=progress)
-        finally:
-            clip_detector.close()
-        smoothed = fill_gaps(detected, max_gap)
-        if smoothing is not None:
-            smoothed = smooth_sequence(smoothed, smoothing)
-        config = RetargetConfig(root_motion=root_motion) if align == "retarget" else RetargetConfig()
-        aligned = align_poses(smoothed, ref_pose, width=width, height=height, method=align, retarget_config=config)
+            if bar is not None:
+                bar.close()
+        poses = finish_poses(detected, ref.pose, settings, height=height, width=width)
 
         from PIL import Image
 
-        Image.fromarray(ref_image).save(out_dir / REFERENCE_PNG)
-        ref_json = openpose_json.write_frame(ref_pose, out_dir / REFERENCE_JSON, width, height)
-        drv_json = openpose_json.write_sequence(smoothed, out_dir / DRIVING_JSON)
-        aln_json = openpose_json.write_sequence(aligned, out_dir / ALIGNED_JSON)
+        Image.fromarray(ref.image).save(out_dir / REFERENCE_PNG)
+        ref_json = openpose_json.write_frame(ref.pose, out_dir / REFERENCE_JSON, width, height)
+        drv_json = openpose_json.write_sequence(poses.smoothed, out_dir / DRIVING_JSON)
+        aln_json = openpose_json.write_sequence(poses.aligned, out_dir / ALIGNED_JSON)
         per_frame_dir = None
         if per_frame_json:
             per_frame_dir = out_dir / "aligned"
-            openpose_json.write_frames(aligned, per_frame_dir)
-
+            openpose_json.write_frames(poses.aligned, per_frame_dir)
         preview_path = None
         if preview:
             preview_path = write_preview(
-                driving, ref_image, smoothed, aligned, out_dir / PREVIEW_MP4,
+                driving, ref.image, poses.smoothed, poses.aligned, out_dir / PREVIEW_MP4,
                 stride=stride, max_frames=max_frames, panel_height=preview_height, progress=progress,
             )
     return PosePreviewResult(
         out_dir=out_dir, reference_json=ref_json, driving_json=drv_json, aligned_json=aln_json,
-        preview=preview_path, frames=len(aligned),
-        missing_frames=_frame_list(aligned, aligned.missing),
-        filled_frames=_frame_list(aligned, aligned.filled),
-        multi_person_frames=tuple(i for i, f in zip(detected.frame_indices, detected.frames) if f.detected_people > 1),
+        preview=preview_path, frames=len(poses.aligned), missing_frames=poses.missing_frames,
+        filled_frames=poses.filled_frames, multi_person_frames=poses.multi_person_frames,
         per_frame_dir=per_frame_dir, notes=tuple(notes),
     )
+
+
+def _progress_bar(driving: str | Path, stride: int, max_frames: int | None):
+    from tqdm import tqdm
+
+    from controlnext_video.video import planned_frame_count, probe
+
+    return tqdm(total=planned_frame_count(probe(driving), stride, max_frames) or None, desc="poses", unit="frame")
 
 
 def write_preview(

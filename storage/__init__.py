@@ -1,20 +1,12 @@
-"""Artifact storage over fsspec URLs: atomic writes, content hashes, the job layout and manifest.
+"""Artifact storage over fsspec URLs: atomic writes, content hashes, the job layout, job identity
+and status, the submission inbox, and moving files in and out.
 
 Needs ``pip install 'controlnext-video[storage]'`` (fsspec, and s3fs for ``s3://``); both are
 imported when a store is opened, not on import. This package never imports Prefect or the flows.
 """
 
-from .jobs import JobSummary, cleanup_jobs, list_jobs
-from .layout import JobLayout, cache_key, check_job_id, new_job_id, safe_name
-from .manifest import (
-    FINAL_STATUSES,
-    FileRecord,
-    JobManifest,
-    JobStatus,
-    StageRecord,
-    load_manifest,
-    save_manifest,
-)
+from .jobs import FINAL_STATES, JobStatus, cleanup_jobs, list_jobs, read_status, write_status
+from .layout import OUTPUT_NAMES, JobLayout, cache_key, check_job_id, safe_name
 from .store import (
     ArtifactNotFoundError,
     ArtifactRef,
@@ -27,27 +19,23 @@ from .store import (
 )
 
 __all__ = [
-    "FINAL_STATUSES",
+    "FINAL_STATES",
+    "OUTPUT_NAMES",
     "ArtifactNotFoundError",
     "ArtifactRef",
     "ArtifactStore",
     "ArtifactWriter",
-    "FileRecord",
     "IntegrityError",
     "JobLayout",
-    "JobManifest",
     "JobStatus",
-    "JobSummary",
-    "StageRecord",
     "StoreError",
     "cache_key",
     "check_job_id",
     "check_key",
     "cleanup_jobs",
     "list_jobs",
-    "load_manifest",
-    "new_job_id",
+    "read_status",
     "safe_name",
-    "save_manifest",
     "sha256_file",
+    "write_status",
 ]

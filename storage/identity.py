@@ -1,7 +1,7 @@
 """Job identity: a job id is bound, once and for good, to the content of the job it names.
 
 A job is its request's content: the inputs' hashes and every setting that changes the pictures.
-The first run of a job writes `jobs/<id>/identity.json` (atomically, write-once); every later run
+The first run of a job writes `JobLayout.identity` (`jobs/<id>/identity.json`) (atomically, write-once); every later run
 with that id must carry the same content digest, or it is refused before it writes anything. So a
 reused id never serves another job's segments and never rewrites a finished job's files.
 """
@@ -15,7 +15,6 @@ from typing import Any
 from .layout import JobLayout
 from .store import ArtifactNotFoundError, ArtifactStore
 
-IDENTITY_FILE = "identity.json"
 # Differences listed in a conflict message before summarising.
 MAX_DIFFERENCES = 6
 
@@ -24,13 +23,9 @@ class JobConflictError(ValueError):
     """A job id already names a job with different content."""
 
 
-def identity_key(layout: JobLayout) -> str:
-    return f"{layout.prefix}/{IDENTITY_FILE}"
-
-
 def read_identity(store: ArtifactStore, layout: JobLayout) -> dict | None:
     try:
-        return store.read_json(identity_key(layout))
+        return store.read_json(layout.identity)
     except ArtifactNotFoundError:
         return None
 
@@ -56,7 +51,7 @@ def claim_job(store: ArtifactStore, layout: JobLayout, identity: Mapping[str, An
     if "digest" not in identity:
         raise ValueError("a job identity needs a 'digest' entry")
     data = json.dumps(identity, indent=2, sort_keys=True).encode() + b"\n"
-    if store.write_new(identity_key(layout), data):
+    if store.write_new(layout.identity, data):
         return True
     stored = read_identity(store, layout) or {}
     if stored.get("digest") == identity["digest"]:

@@ -2,25 +2,29 @@
 
 ::
 
-    jobs/<job-id>/request.json
-    jobs/<job-id>/manifest.json            (written by the parent flow only)
+    jobs/<job-id>/identity.json            what the job is (write-once, `storage.identity`)
+    jobs/<job-id>/request.json             the request of the latest run
+    jobs/<job-id>/status.json              running / succeeded / failed, with times (`storage.jobs`)
+    jobs/<job-id>/ingest.json              the probed inputs
+    jobs/<job-id>/plan.json                the segment plan
     jobs/<job-id>/inputs/<name>
-    jobs/<job-id>/poses/<name>             (OpenPose JSON, pose preview video)
+    jobs/<job-id>/poses/<name>             reference crop, OpenPose JSON, pose preview video
     jobs/<job-id>/segments/<k>/record.json (k zero-padded: 0000, 0001, ...)
     jobs/<job-id>/segments/<k>/frames/frame_000000.png ...
-    jobs/<job-id>/output/<name>            (video, side-by-side preview, report)
+    jobs/<job-id>/output/frames/frame_000000.png ...   blended frames
+    jobs/<job-id>/output/<name>            video, side-by-side preview, report, stage records
     cache/<namespace>/<content-hash>/<name>
 
-All functions here are pure: they build keys, they do not touch storage.
+Frames are named one way everywhere (`FRAME_NAME`, as in the PNG sequences of
+`controlnext_video.video`). All functions here are pure: they build keys, they do not touch
+storage.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 JOBS_PREFIX = "jobs"
 CACHE_PREFIX = "cache"
@@ -28,6 +32,8 @@ CACHE_PREFIX = "cache"
 SEGMENT_DIGITS = 4
 #: File name of frame ``i`` in a segment (matches ``controlnext_video.video`` PNG sequences).
 FRAME_NAME = "frame_{:06d}.png"
+#: The output's name in `output/`, by output format.
+OUTPUT_NAMES = {"mp4": "output.mp4", "prores": "output.mov", "png": "output_png"}
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=+-]*")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{16,128}")
@@ -39,12 +45,6 @@ def check_job_id(job_id: str) -> str:
             f"job id must be 1-128 letters, digits, '_' or '-' starting with a letter or digit, got {job_id!r}"
         )
     return job_id
-
-
-def new_job_id(now: datetime | None = None) -> str:
-    """A unique, time-sortable job id such as ``20261122-142501-3f9a1c2b``."""
-    now = now or datetime.now(timezone.utc)
-    return f"{now.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
 
 
 def safe_name(name: str) -> str:
@@ -81,8 +81,20 @@ class JobLayout:
         return f"{self.prefix}/request.json"
 
     @property
-    def manifest(self) -> str:
-        return f"{self.prefix}/manifest.json"
+    def identity(self) -> str:
+        return f"{self.prefix}/identity.json"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status.json"
+
+    @property
+    def ingest(self) -> str:
+        return f"{self.prefix}/ingest.json"
+
+    @property
+    def plan(self) -> str:
+        return f"{self.prefix}/plan.json"
 
     @property
     def inputs(self) -> str:
@@ -106,8 +118,57 @@ class JobLayout:
     def pose(self, name: str) -> str:
         return f"{self.poses}/{_check_name(name, 'pose file name')}"
 
+    @property
+    def reference_image(self) -> str:
+        """The reference cropped to the output size (PNG)."""
+        return self.pose("reference_crop.png")
+
+    @property
+    def reference_pose(self) -> str:
+        return self.pose("reference_pose.json")
+
+    @property
+    def driving_poses(self) -> str:
+        """Gaps filled and smoothed, in driving-frame pixels (OpenPose JSON sequence)."""
+        return self.pose("driving_poses.json")
+
+    @property
+    def aligned_poses(self) -> str:
+        """On the reference body, in output-frame pixels: what is rendered."""
+        return self.pose("aligned_poses.json")
+
+    @property
+    def pose_preview(self) -> str:
+        return self.pose("pose_preview.mp4")
+
     def output_file(self, name: str) -> str:
         return f"{self.output}/{_check_name(name, 'output name')}"
+
+    def output_frame(self, frame: int) -> str:
+        """Blended output frame ``frame`` (PNG)."""
+        return f"{self.output_file('frames')}/{_frame_name(frame)}"
+
+    def output_video(self, output_format: str) -> str:
+        """The encoded output: a file, or a folder for a PNG sequence."""
+        if output_format not in OUTPUT_NAMES:
+            raise ValueError(f"output format must be one of {', '.join(OUTPUT_NAMES)}, got {output_format!r}")
+        return self.output_file(OUTPUT_NAMES[output_format])
+
+    @property
+    def blend_record(self) -> str:
+        return self.output_file("blend.json")
+
+    @property
+    def encode_record(self) -> str:
+        return self.output_file("encode.json")
+
+    @property
+    def side_by_side(self) -> str:
+        return self.output_file("side_by_side.mp4")
+
+    @property
+    def report(self) -> str:
+        return self.output_file("report.md")
 
     def segment(self, index: int) -> str:
         """Folder of segment ``index``."""
@@ -123,9 +184,13 @@ class JobLayout:
         return f"{self.segment(index)}/frames"
 
     def segment_frame(self, index: int, frame: int) -> str:
-        if not isinstance(frame, int) or frame < 0:
-            raise ValueError(f"frame index must be an int >= 0, got {frame!r}")
-        return f"{self.segment_frames(index)}/{FRAME_NAME.format(frame)}"
+        return f"{self.segment_frames(index)}/{_frame_name(frame)}"
+
+
+def _frame_name(frame: int) -> str:
+    if not isinstance(frame, int) or frame < 0:
+        raise ValueError(f"frame index must be an int >= 0, got {frame!r}")
+    return FRAME_NAME.format(frame)
 
 
 def cache_key(namespace: str, digest: str, name: str) -> str:

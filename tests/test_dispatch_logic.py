@@ -18,8 +18,6 @@ class Scripted:
     records: set = field(default_factory=set)
     submitted: list = field(default_factory=list)
     cancelled: list = field(default_factory=list)
-    lost: list = field(default_factory=list)
-    beats: dict = field(default_factory=dict)
 
     def submit(self, segments, attempt):
         self.submitted.append((segments[0] if len(segments) == 1 else segments, attempt))
@@ -33,20 +31,15 @@ class Scripted:
         if isinstance(state, tuple):
             self.records.update(run.segments[: state[1]])
             state = "running"
-        if state == "running":
-            self.beats[run.segments[0]] = self.beats.get(run.segments[0], 0)
         return replace(run, state=state, message=f"scripted {state}")
 
     def cancel(self, run, reason):
         self.cancelled.append((run.segments[0], reason))
 
-    def mark_lost(self, run, reason):
-        self.lost.append((run.segments[0], reason))
-
 
 def drive(d, segments, **kw):
-    args = dict(is_done=lambda s: s in d.records, heartbeat=lambda s: d.beats.get(s), max_in_flight=2,
-                max_attempts=3, stale_after=1e9, poll_seconds=0, log=lambda m: None)
+    args = dict(is_done=lambda s: s in d.records, max_in_flight=2, max_attempts=3, poll_seconds=0,
+                log=lambda m: None)
     args.update(kw)
     return drive_segments(segments, d, **args)
 
@@ -92,26 +85,17 @@ def test_crashed_run_that_wrote_its_record_counts_as_done():
     assert attempts == {0: 1}
 
 
-def test_lost_worker_is_detected_by_a_silent_heartbeat():
-    d = Scripted({(0, 1): ["running"], (0, 2): ["completed"]})
-    attempts = drive(d, [0], stale_after=0.0)
-    assert attempts[0] == 2 and d.lost and "no heartbeat" in d.lost[0][1] and not d.cancelled
-
-
-def test_run_claimed_by_a_worker_that_dies_is_lost_and_resubmitted():
-    # Pending: a worker took the run and started its process, then died before it ran.
-    d = Scripted({(0, 1): ["pending"], (0, 2): ["scheduled", "pending", "running", "completed"]})
+def test_run_marked_crashed_after_it_was_claimed_is_resubmitted():
+    # Pending, then Crashed: the lost-run automation marks a run whose worker died while it started.
+    d = Scripted({(0, 1): ["pending", "pending", "crashed"], (0, 2): ["scheduled", "pending", "running", "completed"]})
     resubmitted = []
-    attempts = drive(d, [0], stale_after=0.0, on_resubmit=resubmitted.append)
-    assert attempts[0] == 2 and 0 in d.records
-    assert d.lost == [(0, "claimed by a worker but not started for 0 s: worker lost")]
-    assert resubmitted == [[0]]
+    attempts = drive(d, [0], on_resubmit=resubmitted.append)
+    assert attempts[0] == 2 and 0 in d.records and resubmitted == [[0]]
 
 
-def test_run_waiting_for_a_worker_is_never_lost():
-    d = Scripted({(0, 1): ["scheduled"] * 50 + ["completed"]})
-    attempts = drive(d, [0], stale_after=0.0)
-    assert attempts == {0: 1} and not d.lost
+def test_runs_waiting_or_starting_are_left_alone():
+    d = Scripted({(0, 1): ["scheduled"] * 30 + ["pending"] * 30 + ["running"] * 30 + ["completed"]})
+    assert drive(d, [0]) == {0: 1} and not d.cancelled
 
 
 def test_failure_cancels_runs_in_flight():
@@ -132,8 +116,8 @@ def test_local_dispatcher_reports_errors_as_failures():
         records.add(segment)
 
     with pytest.raises(SegmentJobFailed, match="segment 2 failed: ValueError: pose frame 17 is corrupt"):
-        drive_segments([0, 1, 2, 3], LocalDispatcher(render), is_done=records.__contains__, heartbeat=lambda s: None,
-                       max_in_flight=1, max_attempts=3, stale_after=60, poll_seconds=0, log=lambda m: None)
+        drive_segments([0, 1, 2, 3], LocalDispatcher(render), is_done=records.__contains__,
+                       max_in_flight=1, max_attempts=3, poll_seconds=0, log=lambda m: None)
     assert calls == [0, 1, 2]
 
 
@@ -155,14 +139,29 @@ def test_crashed_run_resubmits_only_its_unfinished_segments():
     assert progress == [0, 1, 3]  # segment 0 counted while its run was still going
 
 
-def test_lost_group_is_detected_and_failure_names_the_first_unfinished_segment():
-    d = Scripted({(0, 1): [("partial", 1)], (1, 2): ["completed"]})
-    attempts = drive(d, [0, 1], per_run=2, stale_after=0.0)
-    assert attempts == {0: 1, 1: 2} and d.lost
+def test_run_ending_without_records_and_failure_naming_the_first_unfinished_segment():
+    d = Scripted({(0, 1): [("partial", 1), "cancelled"], (1, 2): ["completed"]})
+    attempts = drive(d, [0, 1], per_run=2)
+    assert attempts == {0: 1, 1: 2}
     d = Scripted({(0, 1): [("partial", 1), "failed"]})
     with pytest.raises(SegmentJobFailed, match="segment 1 failed"):
         drive(d, [0, 1, 2], per_run=3)
     assert d.submitted == [((0, 1, 2), 1)]
+
+
+def test_lost_run_automation_watches_claimed_and_running_segment_runs():
+    from flows.liveness import MIN_LOST_AFTER_SECONDS, lost_run_automation
+
+    automation = lost_run_automation("0000-deployment", 120)
+    trigger = automation.trigger
+    assert trigger.posture == "Proactive" and trigger.within.total_seconds() == 120
+    assert {"prefect.flow-run.Pending", "prefect.flow-run.Running", "prefect.flow-run.heartbeat"} <= trigger.after
+    assert trigger.after <= trigger.expect and "prefect.flow-run.Completed" in trigger.expect
+    assert "prefect.flow-run.Completed" not in trigger.after  # a finished run is never armed again
+    assert trigger.match_related.model_dump() == {"prefect.resource.id": "prefect.deployment.0000-deployment"}
+    assert automation.actions[0].state == "CRASHED"
+    with pytest.raises(ValueError, match=f"at least {MIN_LOST_AFTER_SECONDS}"):
+        lost_run_automation("x", MIN_LOST_AFTER_SECONDS - 1)
 
 
 def test_segments_per_run_policy():

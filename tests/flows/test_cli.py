@@ -6,7 +6,11 @@ import subprocess
 import sys
 from fractions import Fraction
 
+import pytest
+
 from flows.localcluster import PROJECT_DIR
+
+pytestmark = pytest.mark.e2e
 
 
 def cli(prefect_server, *args, timeout=900):

@@ -15,16 +15,18 @@ import pytest
 
 from .conftest import small_request
 
+pytestmark = pytest.mark.e2e
+
 GPU_WORKERS = ("gpu-worker-a", "gpu-worker-b")
 JOB_TIMEOUT = 420
-# Seconds without a sign of life before a claimed or running segment run counts as lost: longer than a
-# run's process takes to start and import on a busy machine.
-STALE_AFTER = 60
+# Seconds without a heartbeat before the lost-run automation marks a claimed or running segment run
+# Crashed: its minimum (three 30 s heartbeats), to keep the tests short.
+LOST_AFTER = 90
 
 
 @pytest.fixture(scope="module")
 def cluster(prefect_server):
-    prefect_server.setup(inbox="unused-inbox")
+    prefect_server.setup(inbox="unused-inbox", lost_after=LOST_AFTER)
     for name in GPU_WORKERS:
         prefect_server.start_worker("gpu", name)
     prefect_server.start_worker("cpu", "cpu-worker")
@@ -66,13 +68,21 @@ def wait_for(run_id, timeout: float = JOB_TIMEOUT):
             time.sleep(2)
 
 
+def worker_of(run, workers: dict) -> str | None:
+    """The worker whose process tree runs the flow run (its infrastructure pid is `host:pid`)."""
+    from flows.localcluster import descendants
+
+    pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+    return next((name for name, proc in workers.items() if pid in descendants(proc.pid)), None)
+
+
 def blended(store_url: str, job_id: str, frames: int) -> np.ndarray:
     from storage import ArtifactStore, JobLayout
 
     from controlnext_video.video import decode_png
 
     store, layout = ArtifactStore(store_url), JobLayout(job_id)
-    return np.stack([decode_png(store.read_bytes(f"{layout.output_file('frames')}/{i:06d}.png")) for i in range(frames)])
+    return np.stack([decode_png(store.read_bytes(layout.output_frame(i))) for i in range(frames)])
 
 
 def test_prefect_yaml_deployments(cluster):
@@ -131,22 +141,22 @@ def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, c
     reference, driving = clip_inputs
     store_url = str(tmp_path / "store")
     request = small_request(reference, driving, tiny_model, store_url, dispatch="deployment", steps=16,
-                            stale_after_seconds=STALE_AFTER, segments_per_run=2, job_id=f"kill-{uuid.uuid4().hex[:8]}")
+                            segments_per_run=2, job_id=f"kill-{uuid.uuid4().hex[:8]}")
     parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
     store, layout = ArtifactStore(store_url), JobLayout(request.job_id)
 
     victim_segment = victim = None
     deadline = time.monotonic() + JOB_TIMEOUT
     while victim is None and time.monotonic() < deadline:
-        for segment in range(8):
-            key = f"{layout.segment(segment)}/heartbeat.json"
-            if store.exists(key) and not store.exists(layout.segment_record(segment)):
-                beat = store.read_json(key)
-                if beat["step"] >= 2 and beat["worker"] in GPU_WORKERS:
-                    victim_segment, victim = segment, beat["worker"]
-                    break
+        for run in runs_of_job(request.job_id):
+            group = sorted(int(t.split(":")[1]) for t in run.tags if t.startswith("segment:"))
+            unfinished = [s for s in group if not store.exists(layout.segment_record(s))]
+            if run.state.is_running() and unfinished and run.infrastructure_pid:
+                victim_segment, victim = unfinished[0], worker_of(run, workers)
+                break
         time.sleep(0.5)
-    assert victim is not None, server.log_tail()
+    assert victim in GPU_WORKERS, server.log_tail()
+    time.sleep(3)  # well inside the segment
     finished_before = {s for s in range(8) if store.exists(layout.segment_record(s))}
     server.kill_worker(victim)
     server.start_worker("gpu", victim)  # the machine comes back later; the job must not wait
@@ -172,8 +182,8 @@ def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, c
 
 
 def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model, clip_inputs, tmp_path):
-    """SIGKILL of the only gpu worker after it claimed a run (Pending: its process starting): the run
-    is marked Crashed after the stale timeout and its segments go to a second worker."""
+    """SIGKILL of the only gpu worker after it claimed a run (Pending: its process starting): the
+    lost-run automation marks the run Crashed and its segments go to a second worker."""
     from prefect.deployments import run_deployment
     from storage import ArtifactStore, JobLayout
 
@@ -182,7 +192,7 @@ def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model,
     server.kill_worker(second)
     reference, driving = clip_inputs
     request = small_request(reference, driving, tiny_model, str(tmp_path / "store"), dispatch="deployment",
-                            stale_after_seconds=STALE_AFTER, segments_per_run=8, job_id=f"pend-{uuid.uuid4().hex[:8]}")
+                            segments_per_run=8, job_id=f"pend-{uuid.uuid4().hex[:8]}")
     parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
@@ -191,7 +201,7 @@ def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model,
             time.sleep(0.1)
         server.kill_worker(first)  # its machine dies while the run's process starts
         server.start_worker("gpu", second)
-        final = wait_for(parent.id, timeout=JOB_TIMEOUT + STALE_AFTER)
+        final = wait_for(parent.id, timeout=JOB_TIMEOUT + LOST_AFTER)
     finally:
         for name in GPU_WORKERS:
             if name not in workers:
@@ -199,7 +209,7 @@ def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model,
     assert final.state.is_completed(), f"{final.state.message}\n{server.log_tail()}"
     runs = sorted(runs_of_job(request.job_id), key=lambda r: r.created)
     assert [r.state.name for r in runs] == ["Crashed", "Completed"], [(r.name, r.state.name) for r in runs]
-    assert "claimed by a worker but not started" in runs[0].state.message
+    assert "no heartbeat for 90 s (claimed or running)" in runs[0].state.message
     store, layout = ArtifactStore(request.store), JobLayout(request.job_id)
     records = [store.read_json(k) for k in store.list(layout.segments) if k.endswith("record.json")]
     assert records and {(r["attempt"], r["worker"]) for r in records} == {(2, second)}

@@ -64,6 +64,7 @@ def scheduled_inbox(prefect_server, tiny_model, tmp_path):
     prefect_server.kill_worker(worker)
 
 
+@pytest.mark.e2e
 def test_scheduled_inbox_renders_and_sorts_submissions(prefect_server, scheduled_inbox, clip_inputs, tmp_path):
     from prefect import get_client
 

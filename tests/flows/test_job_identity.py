@@ -115,8 +115,8 @@ def test_frames_without_a_pose_are_returned_logged_and_reported(tiny_model, tmp_
     request = small_request(reference, clip, tiny_model, tmp_path / "store")
     ingest = stages.ingest(request)
     job = stages.JobContext.open(request.store, ingest.job_id)
-    stages.detect_poses(job, ingest, lambda done, total: None)
-    count, missing = stages.align(job)
+    detections = stages.detect_poses(job, ingest, lambda done, total: None)
+    count, missing = stages.align(job, detections)
     assert count == 12 and set(range(6, 12)) <= set(missing)  # the frames that show nobody
     summary = dict(job_id=ingest.job_id, ingest=dict(ingest.__dict__), timings={}, attempts={}, segments=[],
                    missing_pose_frames=missing,

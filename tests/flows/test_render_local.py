@@ -5,7 +5,6 @@ from __future__ import annotations
 from fractions import Fraction
 
 import numpy as np
-import pytest
 
 from .conftest import small_request
 
@@ -33,8 +32,11 @@ def test_job_layout_report_and_previews(local_job):
         assert [f["frame"] for f in record["frames"]] == list(range(start, stop))
     report = store.read_text(result["report"])
     assert "## Segments" in report and "## Timings" in report and result["job_id"] in report
-    for key in (result["encoded"]["side_by_side"], result["pose_preview"], layout.request):
+    for key in (result["encoded"]["side_by_side"], result["pose_preview"], layout.request, layout.identity):
         assert store.exists(key), key
+    from storage import read_status
+
+    assert read_status(store, result["job_id"]).state == "succeeded"
 
 
 def test_artifacts_in_prefect(local_job):

@@ -15,6 +15,8 @@ import pytest
 
 from flows.localcluster import PROJECT_DIR
 
+pytestmark = pytest.mark.e2e
+
 # Generous: the stop itself takes seconds, but the machine may be busy.
 STOP_TIMEOUT = 120
 START_TIMEOUT = 600

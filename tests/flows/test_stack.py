@@ -17,6 +17,8 @@ import pytest
 
 from .conftest import small_request
 
+pytestmark = pytest.mark.e2e
+
 BUCKET = "renders"
 JOB_TIMEOUT = 600
 

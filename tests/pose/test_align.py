@@ -6,9 +6,9 @@ import pytest
 
 from pose.align import BONES, align_linear, align_poses, fit_linear, plan_retarget, retarget, RetargetConfig
 from pose.errors import NoPersonError, PoseInputError
-from pose.layout import BODY_SLICE, L_ANKLE, L_HIP, L_KNEE, L_WRIST, NECK, NOSE, R_ANKLE, R_HIP, R_KNEE, R_WRIST
+from pose.layout import BODY_SLICE, L_ANKLE, L_HIP, L_KNEE, L_WRIST, NECK, R_ANKLE, R_HIP, R_KNEE, R_WRIST
 from pose.types import PoseFrame
-from tests.pose.synthetic import STANDING, body_points, full_frame, make_frame, sequence
+from tests.pose.synthetic import STANDING, full_frame, sequence
 
 OUT_W, OUT_H = 576, 1024  # output frame (the cropped reference)
 DRV_W, DRV_H = 1920, 1080  # landscape driving clip

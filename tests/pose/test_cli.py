@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pose import openpose_json
 from pose.preview import make_pose_preview
+from pose.settings import PoseSettings
 
 
 def _reference(tmp_path, photo):
@@ -48,8 +49,8 @@ def test_poses_command_writes_json_and_a_side_by_side_preview(tmp_path, walking_
 
 def test_linear_alignment_and_no_smoothing_via_the_function(tmp_path, walking_clip, astronaut):
     result = make_pose_preview(
-        walking_clip, _reference(tmp_path, astronaut), tmp_path / "lin", stride=2, height=448, width=256,
-        align="linear", smoothing=None, preview=False, progress=False,
+        walking_clip, _reference(tmp_path, astronaut), tmp_path / "lin", PoseSettings(align="linear", smoothing=None),
+        stride=2, height=448, width=256, preview=False, progress=False,
     )
     assert result.preview is None and result.frames == 6
     assert result.missing_frames == () and result.filled_frames == (6,)
@@ -64,4 +65,7 @@ def test_errors_are_reported_without_a_traceback(tmp_path, walking_clip):
     assert "error:" in result.output and "wall.png: no person detected" in result.output
     result = CliRunner().invoke(app, ["poses", "--driving", str(walking_clip), "--reference", str(wall),
                                       "--out", str(tmp_path / "o"), "--align", "sideways"])
-    assert result.exit_code == 2 and "align must be one of retarget, linear, none" in result.output
+    assert result.exit_code == 2 and "'sideways' is not one of" in " ".join(result.output.replace("│", "").split())
+    result = CliRunner().invoke(app, ["poses", "--driving", str(walking_clip), "--reference", str(wall),
+                                      "--out", str(tmp_path / "o"), "--align", "linear", "--root-motion", "frame"])
+    assert result.exit_code == 2 and "root_motion applies to align 'retarget' only" in result.output

@@ -11,7 +11,7 @@ import pytest
 from pose.errors import PoseInputError
 from pose.layout import NUM_KEYPOINTS, R_WRIST
 from pose.smooth import OneEuroFilter, SmoothingConfig, fill_gaps, one_euro, smooth_sequence
-from pose.types import PoseFrame, PoseSequence
+from pose.types import PoseFrame
 from tests.pose.synthetic import full_frame, sequence
 
 FPS = 15  # 30 fps clip, stride 2

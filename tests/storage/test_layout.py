@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import re
-from datetime import datetime, timezone
-
 import pytest
 
-from storage import JobLayout, cache_key, check_key, new_job_id, safe_name
+from storage import JobLayout, cache_key, check_key, safe_name
 
 
 def test_job_layout_matches_the_design() -> None:
@@ -13,7 +10,13 @@ def test_job_layout_matches_the_design() -> None:
     root = "jobs/20261122-101500-ab12cd34"
     assert job.prefix == root
     assert job.request == f"{root}/request.json"
-    assert job.manifest == f"{root}/manifest.json"
+    assert job.identity == f"{root}/identity.json" and job.status == f"{root}/status.json"
+    assert job.ingest == f"{root}/ingest.json" and job.plan == f"{root}/plan.json"
+    assert job.aligned_poses == f"{root}/poses/aligned_poses.json"
+    assert job.output_frame(7) == f"{root}/output/frames/frame_000007.png"  # one frame naming scheme
+    assert job.output_video("prores") == f"{root}/output/output.mov"
+    with pytest.raises(ValueError, match="output format must be one of mp4, prores, png"):
+        job.output_video("gif")
     assert job.input("driving.mp4") == f"{root}/inputs/driving.mp4"
     assert job.pose("poses.json") == f"{root}/poses/poses.json"
     assert job.segment(3) == f"{root}/segments/0003"
@@ -21,7 +24,8 @@ def test_job_layout_matches_the_design() -> None:
     assert job.segment_frame(12, 7) == f"{root}/segments/0012/frames/frame_000007.png"
     assert job.output_file("video.mp4") == f"{root}/output/video.mp4"
     # Every key the layout builds is a valid store key.
-    for key in (job.request, job.input("ref.png"), job.segment_frame(0, 0), job.output_file("report.md")):
+    for key in (job.request, job.input("ref.png"), job.segment_frame(0, 0), job.report, job.output_video("png"),
+                job.reference_image, job.pose_preview, job.blend_record, job.encode_record, job.side_by_side):
         assert check_key(key) == key
 
 
@@ -54,13 +58,8 @@ def test_cache_keys_are_content_addressed() -> None:
         cache_key("poses", "not-a-hash", "poses.json")
 
 
-def test_safe_name_and_new_job_id() -> None:
+def test_safe_name() -> None:
     assert safe_name("Take 3 (final).MOV") == "Take_3_final.MOV"
     assert safe_name("/uploads/Zoë's clip.mp4") == "Zoe_s_clip.mp4"
     with pytest.raises(ValueError, match="no usable characters"):
         safe_name("///")
-    when = datetime(2026, 11, 22, 10, 15, 0, tzinfo=timezone.utc)
-    job_id = new_job_id(when)
-    assert re.fullmatch(r"20261122-101500-[0-9a-f]{8}", job_id)
-    assert new_job_id(when) != job_id
-    JobLayout(job_id)

@@ -1,0 +1,91 @@
+"""Moving files in and out of a job: inputs given as paths or URLs, local copies of stored
+artifacts for tools that need a file (decoders, encoders), and delivery of the output to where a
+request asks for it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+from pathlib import Path
+
+from .store import CHUNK_SIZE, PARTIAL_SUFFIX, ArtifactNotFoundError, ArtifactStore, StoreError
+
+
+class InputNotFoundError(FileNotFoundError):
+    """An input the request names does not exist; the message names it."""
+
+
+def fetch(url: str, local_dir: Path, what: str) -> Path:
+    """A local file for an input given as a path or an fsspec URL (s3://, http://, ...).
+
+    A local path is returned as it is; a URL is downloaded into `local_dir` (a temporary name,
+    renamed when complete).
+    """
+    if "://" not in url:
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise InputNotFoundError(f"{what} not found: {url}")
+        return path
+    import fsspec
+
+    target = Path(local_dir) / Path(url.split("?")[0]).name
+    partial = target.with_name(f".{target.name}{PARTIAL_SUFFIX}")
+    try:
+        with fsspec.open(url, "rb") as src, open(partial, "wb") as dst:
+            while chunk := src.read(CHUNK_SIZE):
+                dst.write(chunk)
+    except FileNotFoundError as exc:
+        partial.unlink(missing_ok=True)
+        raise InputNotFoundError(f"{what} not found: {url}") from exc
+    os.replace(partial, target)
+    return target
+
+
+def local_copy(store: ArtifactStore, key: str, scratch: Path) -> Path:
+    """A local file holding a stored artifact: the store's own file when it is local, else a copy
+    under `scratch` (downloaded once, verified against the stored hash)."""
+    if store.is_local:
+        return store.local_path(key)
+    target = Path(scratch) / key
+    if not target.is_file():
+        store.get_file(key, target, expected_sha256=store.sha256(key))
+    return target
+
+
+def deliver(store: ArtifactStore, key: str, destination: str) -> str:
+    """Copy a stored output (a file, or the files of a folder key) to a path or fsspec URL.
+
+    Each file goes to a temporary name first and is renamed when complete; a file already there
+    with the same content is left untouched. Returns `destination`.
+    """
+    import fsspec
+
+    keys = store.list(key) or [key]
+    if keys == [key] and not store.exists(key):
+        raise ArtifactNotFoundError(f"nothing to deliver: {store.url(key)} does not exist")
+    fs, root = fsspec.core.url_to_fs(destination)
+    for source in keys:
+        target = root if source == key else posixpath.join(root, source.rsplit("/", 1)[-1])
+        if fs.isfile(target) and _same_content(fs, target, store, source):
+            continue
+        fs.makedirs(posixpath.dirname(target) or "/", exist_ok=True)
+        partial = posixpath.join(posixpath.dirname(target), f".{posixpath.basename(target)}{PARTIAL_SUFFIX}")
+        try:
+            with store.open_read(source) as src, fs.open(partial, "wb") as dst:
+                while chunk := src.read(CHUNK_SIZE):
+                    dst.write(chunk)
+            fs.mv(partial, target)
+        except OSError as exc:
+            raise StoreError(f"cannot deliver {store.url(source)} to {target}: {exc}") from exc
+    return destination
+
+
+def _same_content(fs, path: str, store: ArtifactStore, key: str) -> bool:
+    if fs.size(path) != store.size(key):
+        return False
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest() == store.sha256(key)
