@@ -15,7 +15,7 @@ import typer
 from flows.liveness import DEFAULT_LOST_AFTER_SECONDS
 from flows.localcluster import prefect_executable
 from flows.options import request_from_options, request_parameters, with_request_options
-from flows.request import RenderRequest
+from flows.request import FinetuneRequest, RenderRequest
 
 app = typer.Typer(
     name="controlnext-video",
@@ -144,22 +144,28 @@ def _check_model(request) -> None:
 
 
 def _run_render(request) -> dict:
-    import os
+    from flows.render import render
 
     _check_model(request)
+    return _run_flow(render, request, "render")
+
+
+def _run_flow(flow, request, what: str) -> dict:
+    """Run a flow in this process with terminal progress bars; stop cleanly on Ctrl-C/SIGTERM."""
+    import os
+
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EMBEDDED_SERVER_TIMEOUT_SECONDS)
     from flows.interrupt import RenderInterrupted, stop_on_signals
     from flows.progress import add_listener, remove_listener
-    from flows.render import render
 
     bars = _Bars()
     add_listener(bars)
     try:
         with stop_on_signals():
-            state = render(request, return_state=True)
+            state = flow(request, return_state=True)
     except KeyboardInterrupt as exc:
         bars.close()
-        typer.echo("render stopped: finished segments are kept; run the same command again to resume", err=True)
+        typer.echo(f"{what} stopped: finished work is kept; run the same command again to resume", err=True)
         raise typer.Exit(code=exc.exit_code if isinstance(exc, RenderInterrupted) else 130) from None
     except RuntimeError as exc:
         if "ephemeral Prefect API server" not in str(exc):
@@ -173,7 +179,7 @@ def _run_render(request) -> dict:
         remove_listener(bars)
         bars.close()
     if not state.is_completed():
-        typer.echo(f"error: the render {state.name.lower()}: {state.message}", err=True)
+        typer.echo(f"error: the {what} {state.name.lower()}: {state.message}", err=True)
         raise typer.Exit(code=1)
     return state.result()
 
@@ -218,10 +224,12 @@ TINY_MODEL_NOTE = (
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for the demo's model, inputs and outputs.")] = Path("demo-output"),
+    finetune: Annotated[bool, typer.Option(
+        help="Also fine-tune the tiny model on the demo clip (about a minute on a CPU), then render with it.")] = False,
 ) -> None:
     """Run the whole job on this machine with a tiny random model and sample inputs (no downloads)."""
     from controlnext_video.factory import save_tiny_model
-    from flows.demo import DEMO_REQUEST, make_demo_inputs
+    from flows.demo import DEMO_FINETUNE, DEMO_REQUEST, make_demo_inputs
 
     typer.echo(TINY_MODEL_NOTE + "\n")
     model = out / "tiny-model"
@@ -233,7 +241,37 @@ def demo_command(
     request = request_from_options({}, reference=str(reference), driving=str(driving), model=str(model),
                                    store=str(out / "store"), output=str(out / "demo.mp4"), **DEMO_REQUEST)
     _print_result(_run_render(request), request.store)
+    if finetune:
+        clips = out / "clips"
+        clips.mkdir(exist_ok=True)
+        (clips / driving.name).write_bytes(driving.read_bytes())
+        tuned = _run_finetune(request_from_options(
+            {}, FinetuneRequest, clips=str(clips), model=str(model), store=str(out / "store"),
+            out=str(out / "finetuned-model"), **DEMO_FINETUNE))
+        request = request.model_copy(update=dict(model=tuned["model"], output=str(out / "demo-finetuned.mp4")))
+        _print_result(_run_render(request), request.store)
     typer.echo("\n" + TINY_MODEL_NOTE)
+
+
+FINETUNE_REQUIRED = ("clips",)
+
+
+@app.command("finetune")
+@with_request_options(FinetuneRequest.model_fields, required=FINETUNE_REQUIRED, model=FinetuneRequest)
+def finetune_command(**options) -> None:
+    """Fine-tune the control module (and a selected part of the UNet) on a folder of clips; writes a
+    model directory that `render --model` loads. Running it again resumes from the last checkpoint."""
+    result = _run_finetune(request_from_options(options, FinetuneRequest))
+    typer.echo(f"run {result['run_id']}: {result['steps']} steps, final loss {result['final_loss']:.4f}, "
+               f"{result['trainable_parameters']:,} trainable parameters")
+    typer.echo(f"  model:      {result['model']}")
+
+
+def _run_finetune(request) -> dict:
+    from flows.finetune import finetune
+
+    _check_model(request)
+    return _run_flow(finetune, request, "fine-tuning")
 
 
 # Studio priority tiers: work queues of both pools, 1 is served first.

@@ -80,3 +80,11 @@ DEMO_REQUEST = dict(
     height=224, width=128, steps=3, window=8, overlap=2, stride=2,
     segment_length=16, segment_overlap=4, decode_chunk_size=4, seed=0,
 )
+
+# Fine-tuning of the demo (`controlnext-video demo --finetune`): the tiny model learns from the demo
+# clip in about a minute on a CPU.
+DEMO_FINETUNE = dict(
+    steps=40, batch_size=1, learning_rate=1e-3, warmup_steps=4, unet_training="selective", height=64, width=64,
+    sample_n_frames=4, frame_interval=2, checkpoint_every=20, validation_every=20, gradient_checkpointing=False,
+    seed=0,
+)

@@ -1,5 +1,5 @@
-"""Command-line options generated from `RenderRequest`'s fields: one source of truth for names,
-types, choices, defaults, help and validation.
+"""Command-line options generated from a request model's fields (`RenderRequest`, `FinetuneRequest`):
+one source of truth for names, types, choices, defaults, help and validation.
 
 Every field `foo_bar` becomes `--foo-bar` (booleans `--foo-bar/--no-foo-bar`); an option left out
 keeps the request's default, and the request model validates the whole (cross-field rules
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from .request import RenderRequest
@@ -25,8 +26,8 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _help(name: str) -> str:
-    info = RenderRequest.model_fields[name]
+def _help(model: type[BaseModel], name: str) -> str:
+    info = model.model_fields[name]
     if info.default_factory is not None:
         default = "from the environment, see `controlnext-video settings`"
     elif info.default in ("", PydanticUndefined):
@@ -36,15 +37,16 @@ def _help(name: str) -> str:
     return (info.description or "") + (f" [default: {default}]" if default is not None else "")
 
 
-def request_parameters(fields: Iterable[str], required: Iterable[str] = ()) -> list[inspect.Parameter]:
-    """Keyword parameters (typer options) for the given request fields, in the given order."""
+def request_parameters(fields: Iterable[str], required: Iterable[str] = (),
+                       model: type[BaseModel] = RenderRequest) -> list[inspect.Parameter]:
+    """Keyword parameters (typer options) for the given fields of a request model, in the given order."""
     required = set(required)
     params = []
     for name in fields:
-        info = RenderRequest.model_fields[name]
+        info = model.model_fields[name]
         flag = option_name(name)
         names = (f"{flag}/--no-{flag[2:]}",) if info.annotation is bool else (flag, *ALIASES.get(name, ()))
-        option = typer.Option(*names, help=_help(name), show_default=False)
+        option = typer.Option(*names, help=_help(model, name), show_default=False)
         annotation = info.annotation if name in required else info.annotation | None
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                         default=... if name in required else None,
@@ -53,22 +55,23 @@ def request_parameters(fields: Iterable[str], required: Iterable[str] = ()) -> l
 
 
 def with_request_options(fields: Iterable[str], required: Iterable[str] = (),
-                         extra: Iterable[inspect.Parameter] = ()) -> Callable[[Callable], Callable]:
+                         extra: Iterable[inspect.Parameter] = (),
+                         model: type[BaseModel] = RenderRequest) -> Callable[[Callable], Callable]:
     """Decorate a command taking `**options` so typer sees one option per request field (plus `extra`)."""
     def decorate(function: Callable) -> Callable:
-        function.__signature__ = inspect.Signature([*extra, *request_parameters(fields, required)])
+        function.__signature__ = inspect.Signature([*extra, *request_parameters(fields, required, model)])
         return function
     return decorate
 
 
-def request_from_options(options: dict[str, Any], **overrides: Any) -> RenderRequest:
+def request_from_options(options: dict[str, Any], model: type[BaseModel] = RenderRequest, **overrides: Any):
     """The request for the options given (None: left out), validated; a clear error and exit 2 if not."""
     from pydantic import ValidationError
 
-    values = {k: v for k, v in options.items() if v is not None and k in RenderRequest.model_fields}
+    values = {k: v for k, v in options.items() if v is not None and k in model.model_fields}
     values.update(overrides)
     try:
-        return RenderRequest(**values)
+        return model(**values)
     except ValidationError as exc:
         problems = "; ".join(f"{option_name(str(e['loc'][0])) if e['loc'] else 'request'}: {e['msg']}"
                              for e in exc.errors())

@@ -1,4 +1,5 @@
-"""The render request: one typed, validated parameter, shown as a form in the Prefect UI.
+"""The requests of the flows (render, finetune): each one typed, validated parameter, shown as a
+form in the Prefect UI.
 
 Every field has a valid default (Prefect issue #16184: an invalid default silently resets a form)
 and a description; the form stays flat.
@@ -132,3 +133,65 @@ class RenderRequest(BaseModel):
     def pixel_settings(self) -> dict:
         """The settings that decide the pictures (part of the job's identity)."""
         return self.model_dump(exclude=set(self.NON_PIXEL_FIELDS))
+
+
+class FinetuneRequest(BaseModel):
+    """A fine-tuning run: clips, base model, what trains and how long; a form in the Prefect UI."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clips: str = Field("", description="Folder or store URL holding the training clips (videos of the character).")
+    model: str = Field(default_factory=lambda: Environment.read().model_dir,
+                       description="Base model directory (SVD layout + ControlNeXt files) on the GPU worker.")
+    out: str = Field("", description="Where to copy the fine-tuned model directory (folder or URL); empty: the "
+                                     "run's folder in the store only.")
+    store: str = Field(default_factory=lambda: Environment.read().store,
+                       description="Artifact store root: checkpoints, the model directory, monitoring images.")
+    steps: int = Field(1000, ge=1, le=1_000_000, description="Optimizer steps.")
+    batch_size: int = Field(1, ge=1, le=1024, description="Examples per optimizer step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Rounds each step's batch is split into.")
+    learning_rate: float = Field(1e-5, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    warmup_steps: int = Field(500, ge=0, description="Learning-rate warm-up steps.")
+    unet_training: Literal["none", "selective", "all"] = Field(
+        "selective", description="UNet parameters that train besides the control module: none, a small selected "
+                                 "part (attention value/output projections), or all.")
+    mixed_precision: Literal["auto", "no", "bf16"] = Field("auto", description="auto: bf16 on a GPU, none on the CPU.")
+    gradient_checkpointing: bool = Field(True, description="Recompute UNet activations in the backward pass (less "
+                                                           "memory, more time).")
+    checkpoint_every: int = Field(500, ge=1, description="Steps between checkpoints (a rerun resumes from the last).")
+    keep_checkpoints: int = Field(2, ge=1, le=100, description="Checkpoints kept.")
+    validation_every: int = Field(0, ge=0, description="Steps between validation renders (0: at the end only).")
+    height: int = Field(1024, ge=64, le=4096, multiple_of=8, description="Training height in pixels.")
+    width: int = Field(576, ge=64, le=4096, multiple_of=8, description="Training width in pixels.")
+    sample_n_frames: int = Field(14, ge=2, le=128, description="Frames per training example.")
+    frame_interval: int = Field(3, ge=1, le=64, description="Frame interval inside a clip.")
+    conditioning_dropout: float = Field(0.1, ge=0.0, le=1.0, description="Conditioning dropout probability.")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every random draw of the run.")
+    pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
+    dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
+    smooth: bool = Field(True, description="Temporal smoothing of the poses (as render does).")
+    max_gap: int = Field(4, ge=0, le=1000, description="Longest detection gap (frames) that is interpolated.")
+    device: str = Field("auto", description="Torch device: auto, cuda, cuda:N or cpu.")
+
+    def pose_settings(self):
+        from pose.settings import PoseSettings
+        from pose.smooth import SmoothingConfig
+
+        options = dict(max_gap=self.max_gap, smoothing=SmoothingConfig() if self.smooth else None)
+        if self.pose_backend == "dwpose":
+            return PoseSettings.dwpose(self.dwpose_models, **options)
+        return PoseSettings(**options)
+
+    def training_config(self, device: str):
+        from controlnext_video.training import BatchSettings, TrainingConfig
+
+        precision = self.mixed_precision if self.mixed_precision != "auto" else (
+            "bf16" if device.startswith("cuda") else "no")
+        return TrainingConfig(
+            steps=self.steps, batch_size=self.batch_size, gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=self.learning_rate, warmup_steps=self.warmup_steps, unet_training=self.unet_training,
+            mixed_precision=precision, gradient_checkpointing=self.gradient_checkpointing,
+            checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints, seed=self.seed,
+            data=BatchSettings(height=self.height, width=self.width, sample_n_frames=self.sample_n_frames,
+                               frame_interval=self.frame_interval, conditioning_dropout=self.conditioning_dropout),
+        )

@@ -54,7 +54,7 @@ def local_copy(store: ArtifactStore, key: str, scratch: Path) -> Path:
 
 
 def deliver(store: ArtifactStore, key: str, destination: str) -> str:
-    """Copy a stored output (a file, or the files of a folder key) to a path or fsspec URL.
+    """Copy a stored output (a file, or a folder key with its sub-folders) to a path or fsspec URL.
 
     Each file goes to a temporary name first and is renamed when complete; a file already there
     with the same content is left untouched. Returns `destination`.
@@ -66,7 +66,7 @@ def deliver(store: ArtifactStore, key: str, destination: str) -> str:
         raise ArtifactNotFoundError(f"nothing to deliver: {store.url(key)} does not exist")
     fs, root = fsspec.core.url_to_fs(destination)
     for source in keys:
-        target = root if source == key else posixpath.join(root, source.rsplit("/", 1)[-1])
+        target = root if source == key else posixpath.join(root, source[len(key) + 1:])
         if fs.isfile(target) and _same_content(fs, target, store, source):
             continue
         fs.makedirs(posixpath.dirname(target) or "/", exist_ok=True)
@@ -89,3 +89,19 @@ def _same_content(fs, path: str, store: ArtifactStore, key: str) -> bool:
         while chunk := handle.read(CHUNK_SIZE):
             digest.update(chunk)
     return digest.hexdigest() == store.sha256(key)
+
+
+def list_files(url: str, suffixes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name relative to `url`, path or URL) of every file under a folder or URL prefix whose name
+    ends with one of `suffixes` (case-insensitive), sorted by name; hidden files are skipped."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url if "://" in url else str(Path(url).expanduser().resolve()))
+    if not fs.isdir(root):
+        raise InputNotFoundError(f"folder not found: {url}")
+    found = []
+    for path in fs.find(root):
+        name = path[len(root.rstrip("/")) + 1:]
+        if name.lower().endswith(suffixes) and not any(part.startswith(".") for part in name.split("/")):
+            found.append((name, path if "://" not in url else fs.unstrip_protocol(path)))
+    return sorted(found)
