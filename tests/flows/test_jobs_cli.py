@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-from storage import ArtifactStore, JobLayout, list_jobs
-
-T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def _job(store: ArtifactStore, job_id: str, state: str, when: datetime) -> None:
-    store.write_json(JobLayout(job_id).request, {})
-    store.write_json(JobLayout(job_id).status, dict(job_id=job_id, state=state, updated_at=when.isoformat(),
-                                                    message=""))
+from storage import ArtifactStore, list_jobs
+from tests.storage.test_jobs import T0, _job
 
 
 def test_jobs_commands(tmp_path) -> None:
