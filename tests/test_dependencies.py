@@ -56,3 +56,18 @@ def test_importing_the_library_does_no_work():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     assert out.stdout.strip() == ""
+
+
+# Flows are glue: a stage calls library steps. A function this long is doing the library's work.
+MAX_FLOW_FUNCTION_LINES = 60
+
+
+def test_flow_functions_stay_glue():
+    long = []
+    for path in sorted((REPO_ROOT / "flows").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FLOW_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
