@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # your CUDA build of torch into the venv first and `make` keeps it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-e2e bench clean
+.PHONY: setup demo test test-all bench clean
 
 $(BIN)/controlnext-video: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest
 
-# End to end across processes (a Prefect server, process workers, CLI subprocesses): slower.
-test-e2e: setup
-	$(BIN)/python -m pytest -m e2e
+# Everything that needs no GPU: also the end-to-end tests across processes (a Prefect server,
+# process workers, CLI subprocesses) and the heavy computations. What CI runs.
+test-all: setup
+	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

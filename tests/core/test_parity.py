@@ -78,10 +78,10 @@ def test_oracle_reproduces_fixture(case, fixture_pipe):
     "n, height, width, window, overlap, min_g, max_g, control_scale",
     [
         (10, 128, 64, 4, 2, 3.0, 3.0, 1.0),   # the fixture's settings on the fixture model
-        (11, 128, 64, 4, 2, 3.0, 3.0, 1.0),   # last window moved back
-        (9, 64, 64, 5, 1, 1.0, 2.5, 1.0),     # guidance ramp, overlap 1
-        (13, 64, 128, 6, 3, 2.0, 3.5, 0.5),   # landscape, control scale
-        (7, 64, 64, 3, 2, 3.0, 3.0, 1.0),     # high overlap
+        pytest.param(11, 128, 64, 4, 2, 3.0, 3.0, 1.0, marks=pytest.mark.heavy),   # last window moved back
+        pytest.param(9, 64, 64, 5, 1, 1.0, 2.5, 1.0, marks=pytest.mark.heavy),     # guidance ramp, overlap 1
+        pytest.param(13, 64, 128, 6, 3, 2.0, 3.5, 0.5, marks=pytest.mark.heavy),   # landscape, control scale
+        pytest.param(7, 64, 64, 3, 2, 3.0, 3.0, 1.0, marks=pytest.mark.heavy),     # high overlap
         (5, 64, 64, 8, 2, 1.5, 3.0, 1.0),     # clip shorter than the window
         (4, 64, 64, 4, 1, 3.0, 3.0, 2.0),     # exactly one window
     ],

@@ -10,6 +10,8 @@ import pytest
 
 from .conftest import small_request
 
+pytestmark = pytest.mark.heavy
+
 TINY = dict(steps=4, batch_size=1, learning_rate=1e-3, warmup_steps=1, height=64, width=64, sample_n_frames=3,
             frame_interval=2, checkpoint_every=2, validation_every=2, gradient_checkpointing=False, seed=3)
 

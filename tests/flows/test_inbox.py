@@ -158,6 +158,7 @@ def test_symbolic_link_out_of_the_submission_is_refused(tmp_path, clip_inputs):
     assert request.reference == str(folder / "sub" / "ref.png")
 
 
+@pytest.mark.heavy
 def test_bad_submissions_fail_alone_and_results_are_never_overwritten(prefect_server, tiny_model, clip_inputs,
                                                                       tmp_path):
     """Three submissions that used to block the inbox sit next to a valid one whose name has spaces;
@@ -174,7 +175,7 @@ def test_bad_submissions_fail_alone_and_results_are_never_overwritten(prefect_se
     make_submission(box, "bad type", reference, driving, reference=["x.png"])
     make_submission(box, "bad output", reference, driving, output=str(tmp_path / "victim.mp4"))
     (tmp_path / "victim.mp4").write_bytes(b"precious")
-    make_submission(box, "Take 3 (final)", reference, driving, seed=1)
+    make_submission(box, "Take 3 (final)", reference, driving, seed=1, max_frames=8)
     result = inbox(str(box), store=str(store), model=str(tiny_model))
     assert result == dict(rendered=["Take 3 (final)"], failed=["bad format", "bad output", "bad type"])
     assert sorted(p.name for p in (box / "failed").iterdir()) == ["bad format", "bad output", "bad type"]
@@ -186,7 +187,7 @@ def test_bad_submissions_fail_alone_and_results_are_never_overwritten(prefect_se
 
     other = tmp_path / "other.png"
     Image.open(reference).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(other)
-    make_submission(box, "Take 3 (final)", other, driving, seed=2)
+    make_submission(box, "Take 3 (final)", other, driving, seed=2, max_frames=8)
     assert inbox(str(box), store=str(store), model=str(tiny_model))["rendered"] == ["Take 3 (final)"]
     second = box / "done" / "Take 3 (final)-2"
     assert snapshot(first) == first_files  # the first result is untouched

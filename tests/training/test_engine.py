@@ -38,6 +38,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+@pytest.mark.heavy
 def test_killed_run_resumes_exactly(tmp_path):
     """SIGKILL between checkpoints, run again: the weights equal an uninterrupted run's, bit for bit."""
     common = dict(store=str(tmp_path / "store"), steps=5, checkpoint_every=2)
@@ -59,6 +60,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert not changed, changed[:5]
 
 
+@pytest.mark.heavy
 def test_two_processes_give_the_update_of_one(tmp_path):
     """Two gloo processes launched by accelerate, one example each, against one process with
     both examples: the same global batch, the same update."""
@@ -169,6 +171,7 @@ def test_gradient_checkpointing_gives_the_same_update(clips, tmp_path):
     assert max((runs[0][k] - runs[1][k]).abs().max().item() for k in runs[0]) < 1e-7
 
 
+@pytest.mark.heavy
 def test_bf16_autocast_trains_close_to_float32(tmp_path):
     """bf16 autocast (in its own process: accelerate's precision is per process), bf16 encoders,
     float32 master weights: the first losses agree with float32's to bf16 precision."""
