@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
-from .control import ControlNeXtConfig, ControlNeXtModel
+from .control import ControlNeXtModel
 from .pipeline import ControlNeXtSVDPipeline
 from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM
 
@@ -102,7 +102,7 @@ def tiny_components(seed: int = 0) -> dict:
     torch.manual_seed(seed + 2)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP))
     torch.manual_seed(seed + 3)
-    controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet.config))
+    controlnext = ControlNeXtModel.for_unet(unet.config)
     return dict(
         unet=unet.eval().requires_grad_(False),
         vae=vae.eval().requires_grad_(False),
@@ -125,7 +125,7 @@ def svd_size_components(
     torch.manual_seed(seed)
     with torch.device(device):
         unet = UNetSpatioTemporalConditionModel().to(dtype)
-        controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet.config)).to(dtype)
+        controlnext = ControlNeXtModel.for_unet(unet.config).to(dtype)
         vae = AutoencoderKLTemporalDecoder(**SVD_VAE).to(vae_dtype)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)).to(dtype)
     return dict(

@@ -22,7 +22,7 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .control import ControlNeXtConfig, ControlNeXtModel
+from .control import ControlNeXtModel
 from .injection import ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .sampler import sample_windows
@@ -127,7 +127,7 @@ class ControlNeXtSVDPipeline:
         unet_config = UNetSpatioTemporalConditionModel.load_config(model_dir / "unet")
         with torch.device("meta"):
             unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
-            controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet_config))
+            controlnext = ControlNeXtModel.for_unet(unet_config)
         load_into(unet, unet_path, what="ControlNeXt UNet", dtype=torch_dtype)
         load_into(controlnext, control_path, what="ControlNeXt control module", dtype=torch_dtype)
 

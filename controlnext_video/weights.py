@@ -72,22 +72,28 @@ def _list(names: list[str]) -> str:
 def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, what: str, path: Path | str) -> None:
     """Raise `WeightsError` unless `state` has exactly the module's keys and shapes."""
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
+    mismatched = [
         f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
         for k in set(expected) & set(state)
         if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
+    ]
+    _raise_on_problems(set(expected) - set(state), set(state) - set(expected), mismatched, f"{what} file {path}")
+
+
+def check_loading_info(info: Mapping[str, list], *, what: str, path: Path | str) -> None:
+    """Raise `WeightsError` when a diffusers `from_pretrained(..., output_loading_info=True)` reports
+    missing, unexpected or mis-shaped keys (diffusers itself only logs a warning)."""
+    mismatched = [str(entry) for entry in info.get("mismatched_keys", [])]
+    _raise_on_problems(info.get("missing_keys", []), info.get("unexpected_keys", []), mismatched, f"{what} in {path}")
+
+
+def _raise_on_problems(missing, unexpected, mismatched, source: str) -> None:
     problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_list(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_list(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {_list(mismatched)}")
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {label}: {_list(sorted(keys))}")
     if problems:
-        raise WeightsError(f"{what} file {path} does not match the model: " + "; ".join(problems))
+        raise WeightsError(f"{source} does not match the model: " + "; ".join(problems))
 
 
 def load_into(
@@ -111,3 +117,21 @@ def load_into(
     if left_on_meta:
         raise WeightsError(f"{what}: tensors not set by {path}: {_list(left_on_meta)}")
     return module.eval().requires_grad_(False)
+
+
+def own_memory(module: nn.Module) -> nn.Module:
+    """Copy every parameter and buffer into freshly allocated memory, one tensor at a time.
+
+    Loaders hand out tensors that map their file (the file must then stay unchanged while the
+    model lives) or that sit at unaligned addresses, where CPU matrix kernels can round the last
+    bit differently: a model loaded from a file would not compute bit for bit as the model saved.
+    """
+    for param in module.parameters():  # each once: tied parameters are one object
+        param.data = param.data.clone()
+    copies: dict[int, torch.Tensor] = {}
+    for submodule in module.modules():
+        for name, buffer in submodule.named_buffers(recurse=False):
+            if id(buffer) not in copies:
+                copies[id(buffer)] = buffer.clone()
+            setattr(submodule, name, copies[id(buffer)])
+    return module
