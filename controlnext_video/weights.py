@@ -106,12 +106,14 @@ def load_into(
 ) -> nn.Module:
     """Strictly load `path` into `module` (which may live on the meta device), cast to `dtype`.
 
-    Tensors are assigned rather than copied, so a module built on the meta device never
-    allocates its random initial weights.
+    Tensors are assigned rather than copied into the module, so a module built on the meta
+    device never allocates its random initial weights; each is first copied once into memory of
+    its own (see `own_memory`).
     """
     state = read_state_dict(path, what)
     check_state_dict(module, state, what=what, path=path)
-    state = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype) for k, v in state.items()}
+    for key, value in state.items():  # in place: each file tensor is freed once copied
+        state[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype, copy=True)
     module.load_state_dict(state, strict=True, assign=True)
     left_on_meta = [n for n, t in (*module.named_parameters(), *module.named_buffers()) if t.is_meta]
     if left_on_meta:
