@@ -27,6 +27,8 @@ from .weights import (
     UNET_WEIGHTS_STEM,
     WeightsError,
     find_weights,
+    is_shard_index,
+    weight_files,
 )
 
 Layout = Literal["released", "diffusers"]
@@ -44,14 +46,14 @@ PIPELINE_INDEX = "model_index.json"
 CONTROLNEXT_COMPONENT = "controlnext"
 DIFFUSERS_CONFIGS = (PIPELINE_INDEX, f"{CONTROLNEXT_COMPONENT}/config.json")
 # Weight files of the components, by component folder and file stem (diffusers and transformers
-# names; the hub's fp16 variant is accepted too).
+# names; the hub's fp16 variant and sharded checkpoints are accepted too).
 DIFFUSERS_WEIGHTS_STEM = "diffusion_pytorch_model"
 COMPONENT_WEIGHTS = (("vae", DIFFUSERS_WEIGHTS_STEM), ("image_encoder", "model"))
 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The files of a checked model directory."""
+    """The files of a checked model directory (a weights path may be a shard index)."""
 
     root: Path
     layout: Layout
@@ -64,7 +66,9 @@ class ModelFiles:
         """A digest of every file that decides the pictures: configs and weights (name, size,
         modification time). Replacing or touching a weight file changes it; it reads no weights."""
         digest = hashlib.sha256()
-        files = [*self.configs, self.unet_weights, self.controlnext_weights, *self.component_weights]
+        files = [*self.configs]
+        for weights in (self.unet_weights, self.controlnext_weights, *self.component_weights):
+            files += weight_files(weights)
         for path in files:
             stat = path.stat()
             digest.update(f"{path.relative_to(self.root) if path.is_relative_to(self.root) else path}"
@@ -74,9 +78,10 @@ class ModelFiles:
 
 def component_weights(directory: Path, stem: str) -> Path | None:
     """A component's weights file in `directory`: plain before the fp16 variant, safetensors
-    before pickles."""
+    before pickles, a single file before a shard index."""
     for variant in ("", ".fp16"):
-        for name in (f"{stem}{variant}.safetensors", f"{stem}{variant}.bin"):
+        for name in (f"{stem}{variant}.safetensors", f"{stem}.safetensors.index{variant}.json",
+                     f"{stem}{variant}.bin", f"{stem}.bin.index{variant}.json"):
             if (directory / name).is_file():
                 return directory / name
     return None
@@ -95,7 +100,14 @@ def model_layout(root: Path) -> Layout:
 
 
 def check_weights_file(path: Path, what: str) -> None:
-    """A weights file that exists, is not empty and, for safetensors, has a readable header."""
+    """A weights file (or every shard of a shard index) that exists, is not empty and, for
+    safetensors, has a readable header."""
+    if is_shard_index(path):
+        for shard in weight_files(path)[1:]:
+            if not shard.is_file():
+                raise FileNotFoundError(f"{what} shard {shard} listed in {path} is missing")
+            check_weights_file(shard, what)
+        return
     if path.stat().st_size == 0:
         raise WeightsError(f"{what} file {path} is empty")
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:

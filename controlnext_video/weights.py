@@ -1,12 +1,14 @@
 """Safe, strict loading of checkpoint files into modules.
 
 safetensors files are read directly; `.bin`/`.pt`/`.pth` pickles only with
-`torch.load(weights_only=True)`. Loading is strict: missing keys, unexpected keys and shape
-mismatches raise a `WeightsError` that names them and the file.
+`torch.load(weights_only=True)`; a sharded checkpoint through its index
+(`<stem>.safetensors.index.json`, as `save_pretrained` writes one). Loading is strict: missing
+keys, unexpected keys and shape mismatches raise a `WeightsError` that names them and the file.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,11 +37,36 @@ def find_weights(directory: Path, stem: str) -> Path | None:
     return None
 
 
+def is_shard_index(path: Path) -> bool:
+    """Whether `path` names the index of a sharded checkpoint (`<stem>.safetensors.index.json`,
+    `<stem>.safetensors.index.fp16.json`, ...), as diffusers and transformers write them."""
+    return path.name.endswith(".json") and ".index" in path.name
+
+
+def weight_files(path: Path) -> tuple[Path, ...]:
+    """The files of a checkpoint: the file itself, or a shard index followed by its shards."""
+    if not is_shard_index(path):
+        return (path,)
+    try:
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise WeightsError(f"shard index {path} is not readable (damaged or incomplete download?)") from None
+    if any(not isinstance(name, str) or Path(name).name != name for name in shards):
+        raise WeightsError(f"shard index {path} names files outside its folder")
+    return (path, *(path.parent / name for name in shards))
+
+
 def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Read a state dict from a safetensors or pickle file onto the CPU, without executing code."""
+    """Read a state dict from a safetensors or pickle file (or the shards a shard index lists)
+    onto the CPU, without executing code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
+    if is_shard_index(path):
+        state: dict[str, torch.Tensor] = {}
+        for shard in weight_files(path)[1:]:
+            state.update(read_state_dict(shard, what))
+        return state
     suffix = path.suffix.lower()
     try:
         if suffix in SAFETENSORS_SUFFIXES:

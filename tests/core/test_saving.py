@@ -129,6 +129,23 @@ def test_fp16_variant_loads_into_fp32(tmp_path):
             assert torch.equal(value, expected[key].to(value.dtype)), f"{name}.{key}"
 
 
+def test_sharded_save_is_checked_and_loaded(tiny_pipe, tmp_path):
+    d = tmp_path / "sharded"
+    tiny_pipe.save_pretrained(d, max_shard_size="2MB")
+    shards = sorted((d / "unet").glob("diffusion_pytorch_model-*.safetensors"))
+    assert len(shards) > 1 and (d / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    files = check_model_dir(d)
+    before = files.fingerprint()
+    loaded = ControlNeXtSVDPipeline.from_pretrained(d)
+    assert_same_tensors(tiny_pipe, loaded)
+    stat = shards[-1].stat()
+    os.utime(shards[-1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert check_model_dir(d).fingerprint() != before
+    shards[-1].unlink()
+    with pytest.raises(FileNotFoundError, match="shard"):
+        check_model_dir(d)
+
+
 def test_released_layout_converts_to_the_saved_one(tiny_model_dir, tmp_path):
     released = ControlNeXtSVDPipeline.from_pretrained(tiny_model_dir)
     assert check_model_dir(tiny_model_dir).layout == "released"
