@@ -76,7 +76,7 @@ class ModelFiles:
         return digest.hexdigest()
 
 
-def component_weights(directory: Path, stem: str) -> Path | None:
+def _component_weights(directory: Path, stem: str) -> Path | None:
     """A component's weights file in `directory`: plain before the fp16 variant, safetensors
     before pickles, a single file before a shard index."""
     for variant in ("", ".fp16"):
@@ -148,7 +148,8 @@ def check_model_dir(
         if given and not Path(given).is_file():
             raise FileNotFoundError(f"{what} weights file not found: {given}")
     if layout == "released":
-        unet_path = Path(unet_weights) if unet_weights else _released_file(root, UNET_WEIGHTS_STEM, "UNet", "unet_weights")
+        unet_path = Path(unet_weights) if unet_weights else _released_file(
+            root, UNET_WEIGHTS_STEM, "UNet", "unet_weights")
         control_path = Path(controlnext_weights) if controlnext_weights else _released_file(
             root, CONTROLNEXT_WEIGHTS_STEM, "control-module", "controlnext_weights")
     else:
@@ -174,7 +175,7 @@ def _released_file(root: Path, stem: str, what: str, argument: str) -> Path:
 
 
 def _component_file(root: Path, folder: str, stem: str) -> Path:
-    found = component_weights(root / folder, stem)
+    found = _component_weights(root / folder, stem)
     if found is None:
         raise FileNotFoundError(f"{root}: {folder} weights not found ({folder}/{stem}.safetensors)")
     return found

@@ -201,7 +201,9 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         vae_config = AutoencoderKLTemporalDecoder.load_config(root / "vae")
         if vae_dtype is None:
             vae_dtype = torch.float32 if torch_dtype == torch.float16 and vae_config.get("force_upcast") else torch_dtype
-        vae = AutoencoderKLTemporalDecoder.from_pretrained(root / "vae", torch_dtype=vae_dtype, variant=_variant(vae_file))
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(
+            root / "vae", torch_dtype=vae_dtype, variant=_variant(vae_file)
+        )
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(
             root / "image_encoder", dtype=torch_dtype, variant=_variant(image_encoder_file)
         )
