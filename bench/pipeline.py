@@ -50,6 +50,10 @@ class BothHalvesControl(nn.Module):
     def dtype(self):
         return self.inner.dtype
 
+    @property
+    def device(self):  # a DiffusionPipeline asks its modules for their device
+        return self.inner.device
+
     def forward(self, control, timestep):
         both = self.inner(torch.cat([control, control]), timestep)
         return both[both.shape[0] // 2 :]
