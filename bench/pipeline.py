@@ -50,6 +50,10 @@ class BothHalvesControl(nn.Module):
     def dtype(self):
         return self.inner.dtype
 
+    @property
+    def device(self):  # a DiffusionPipeline asks its modules for their device
+        return self.inner.device
+
     def forward(self, control, timestep):
         both = self.inner(torch.cat([control, control]), timestep)
         return both[both.shape[0] // 2 :]
@@ -110,7 +114,7 @@ def make_pipe(args, config: Config, device: torch.device):
     if config.both_halves:
         pipe.controlnext = BothHalvesControl(pipe.controlnext)
     if config.offload:
-        pipe.enable_model_cpu_offload(device)
+        pipe.enable_model_cpu_offload(device=device)
     return pipe
 
 
@@ -131,7 +135,7 @@ def bench_config(args, config: Config, device: torch.device) -> dict:
     windows = tuple(Window(i * size, (i + 1) * size) for i in range(k))  # k side by side, one UNet call
     t = torch.tensor(1.0, device=device)
 
-    with pipe.placed(pipe.unet, pipe.controlnext), control_injection(pipe.unet) as injector:
+    with control_injection(pipe.unet) as injector:
         denoise = pipe.window_denoiser(
             injector=injector, poses=poses, image_embeddings=embeddings, image_latents=image_latents,
             added_time_ids=time_ids, guidance=guidance, control_scale=1.0,

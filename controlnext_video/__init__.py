@@ -11,7 +11,6 @@ from ._lazy import lazy_getattr
 _LAZY = {
     "ControlNeXtSVDPipeline": "controlnext_video.pipeline",
     "ControlNeXtModel": "controlnext_video.control",
-    "ControlNeXtConfig": "controlnext_video.control",
     "plan_windows": "controlnext_video.windows",
     "WindowPlan": "controlnext_video.windows",
     "Window": "controlnext_video.windows",

@@ -3,17 +3,23 @@
 Its state-dict layout is the one of the released `controlnet.bin` (ControlNeXt-SVD v2), so
 the released weights load strictly. Only the output width is configurable: it must equal the
 UNet's first block width (`unet.config.block_out_channels[0]`, 320 for SVD), which is where
-the features are added.
+the features are added. It is a diffusers model (`ModelMixin`, `ConfigMixin`), so a fine-tuned
+module saves and loads on its own with `save_pretrained` / `from_pretrained`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from pathlib import Path
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
+
+from .weights import check_loading_info, own_memory
 
 # Fixed widths of the released module (its weights define them).
 TIME_PROJ_CHANNELS = 128
@@ -23,24 +29,6 @@ STAGE_CHANNELS = (128, 256)
 STAGE_GROUPS = (4, 8)
 STEM_GROUPS = 2
 MID_GROUPS = 8
-
-
-@dataclass(frozen=True)
-class ControlNeXtConfig:
-    """What varies between models: the width the features are projected to.
-
-    Attributes:
-        out_channels: width of the output features; the UNet's first block width.
-        output_scale: the module's output scale (1.0 in the released model).
-    """
-
-    out_channels: int = 320
-    output_scale: float = 1.0
-
-    @classmethod
-    def for_unet(cls, unet_config) -> "ControlNeXtConfig":
-        """The configuration matching a `UNetSpatioTemporalConditionModel` config."""
-        return cls(out_channels=int(unet_config["block_out_channels"][0]))
 
 
 class _StridedConv(nn.Module):
@@ -54,16 +42,20 @@ class _StridedConv(nn.Module):
         return self.conv(x)
 
 
-class ControlNeXtModel(nn.Module):
+class ControlNeXtModel(ModelMixin, ConfigMixin):
     """Encodes pose frames into features added to the UNet after its first down block.
+
+    Args:
+        out_channels: width of the output features; the UNet's first block width.
+        output_scale: the module's output scale (1.0 in the released model).
 
     Shapes: control `(B, F, 3, H, W)` in [0, 1], timestep scalar or `(B,)`
     -> features `(B*F, out_channels, h, w)`, with `h, w` about `H/8, W/8`.
     """
 
-    def __init__(self, config: ControlNeXtConfig = ControlNeXtConfig()) -> None:
+    @register_to_config
+    def __init__(self, out_channels: int = 320, output_scale: float = 1.0) -> None:
         super().__init__()
-        self.config = config
         self.time_proj = Timesteps(TIME_PROJ_CHANNELS, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(TIME_PROJ_CHANNELS, TIME_EMBED_DIM)
         c1, c2, c3 = STEM_CHANNELS
@@ -99,13 +91,25 @@ class ControlNeXtModel(nn.Module):
                     nn.Conv2d(mid, mid, kernel_size=3, padding=1),
                     nn.GroupNorm(MID_GROUPS, mid),
                 ),
-                nn.Conv2d(mid, config.out_channels, kernel_size=1),
+                nn.Conv2d(mid, out_channels, kernel_size=1),
             ]
         )
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embedding[0].weight.dtype
+    @classmethod
+    def for_unet(cls, unet_config: Mapping) -> "ControlNeXtModel":
+        """A module whose features fit a `UNetSpatioTemporalConditionModel` with this config."""
+        return cls(out_channels=int(unet_config["block_out_channels"][0]))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> "ControlNeXtModel":
+        """diffusers' `ModelMixin.from_pretrained` (same arguments), made strict: missing,
+        unexpected or mis-shaped keys raise `WeightsError` instead of a logged warning. The
+        weights are copied out of the file (`weights.own_memory`)."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        check_loading_info(info, what="ControlNeXt control module", path=pretrained_model_name_or_path)
+        own_memory(model)
+        return (model, info) if want_info else model
 
     def forward(self, control: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         batch, frames = control.shape[:2]

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
-from .control import ControlNeXtConfig, ControlNeXtModel
-from .pipeline import ControlNeXtSVDPipeline
+from .control import ControlNeXtModel
+from .pipeline import ControlNeXtSVDPipeline, image_processor_class
 from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM
 
 # CLIP's normalization constants (the SVD feature extractor's).
@@ -91,6 +91,17 @@ SVD_SCHEDULER = dict(
 )
 
 
+def feature_extractor():
+    """SVD's feature extractor (CLIP preprocessing constants at 224 px)."""
+    return image_processor_class()(
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        size={"shortest_edge": CLIP_IMAGE_SIZE},
+        crop_size={"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
+        resample=3,  # bicubic
+    )
+
+
 def tiny_components(seed: int = 0) -> dict:
     """The tiny components, each built right after seeding torch with `seed` (deterministic)."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -102,13 +113,14 @@ def tiny_components(seed: int = 0) -> dict:
     torch.manual_seed(seed + 2)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP))
     torch.manual_seed(seed + 3)
-    controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet.config))
+    controlnext = ControlNeXtModel.for_unet(unet.config)
     return dict(
         unet=unet.eval().requires_grad_(False),
         vae=vae.eval().requires_grad_(False),
         image_encoder=image_encoder.eval().requires_grad_(False),
         controlnext=controlnext.eval().requires_grad_(False),
         scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
+        feature_extractor=feature_extractor(),
     )
 
 
@@ -125,7 +137,7 @@ def svd_size_components(
     torch.manual_seed(seed)
     with torch.device(device):
         unet = UNetSpatioTemporalConditionModel().to(dtype)
-        controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet.config)).to(dtype)
+        controlnext = ControlNeXtModel.for_unet(unet.config).to(dtype)
         vae = AutoencoderKLTemporalDecoder(**SVD_VAE).to(vae_dtype)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)).to(dtype)
     return dict(
@@ -134,12 +146,13 @@ def svd_size_components(
         image_encoder=image_encoder.eval().requires_grad_(False),
         controlnext=controlnext.eval().requires_grad_(False),
         scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
+        feature_extractor=feature_extractor(),
     )
 
 
 def build_pipeline(components: dict, device: torch.device | str = "cpu") -> ControlNeXtSVDPipeline:
     """A pipeline from factory components (tiny or SVD size)."""
-    return ControlNeXtSVDPipeline(**components, image_mean=CLIP_MEAN, image_std=CLIP_STD).to(device)
+    return ControlNeXtSVDPipeline(**components).to(device)
 
 
 def build_tiny_pipeline(seed: int = 0, device: torch.device | str = "cpu") -> ControlNeXtSVDPipeline:
@@ -169,26 +182,7 @@ def save_tiny_model(
     parts["vae"].save_pretrained(path / "vae")
     parts["image_encoder"].save_pretrained(path / "image_encoder")
     parts["scheduler"].save_pretrained(path / "scheduler")
-    (path / "feature_extractor").mkdir(exist_ok=True)
-    (path / "feature_extractor" / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "image_processor_type": "CLIPImageProcessor",
-                "crop_size": {"height": CLIP_IMAGE_SIZE, "width": CLIP_IMAGE_SIZE},
-                "size": {"shortest_edge": CLIP_IMAGE_SIZE},
-                "do_center_crop": True,
-                "do_convert_rgb": True,
-                "do_normalize": True,
-                "do_rescale": True,
-                "do_resize": True,
-                "image_mean": list(CLIP_MEAN),
-                "image_std": list(CLIP_STD),
-                "resample": 3,
-                "rescale_factor": 1 / 255,
-            },
-            indent=2,
-        )
-    )
+    parts["feature_extractor"].save_pretrained(path / "feature_extractor")
     (path / "model_index.json").write_text(
         json.dumps(
             {

@@ -1,11 +1,16 @@
 """ControlNeXt-SVD: animate a reference image with a sequence of pose frames.
 
-`ControlNeXtSVDPipeline.from_pretrained` loads an SVD model directory in the diffusers layout
-plus the two ControlNeXt files (a full fine-tuned UNet state dict and the control module), and
+`ControlNeXtSVDPipeline` is a diffusers `DiffusionPipeline` on stock components: the SVD UNet,
+VAE, CLIP image encoder, feature extractor and Euler scheduler, plus the ControlNeXt control
+module, which enters the UNet through a forward hook that lives only during a call.
 `pipe(reference, poses, ...)` reproduces the published ControlNeXt-SVD v2 inference: CLIP and
 VAE conditioning on the reference image, per-step fusion of overlapping windows whose first
 frame is conditioned on the reference pose, classifier-free guidance ramped over each window,
 and chunked temporal VAE decoding.
+
+`from_pretrained` loads the released layout (an SVD directory plus the two ControlNeXt files)
+or a directory written by `save_pretrained` (diffusers' standard layout, with a `controlnext/`
+component); see `controlnext_video.model_dir`.
 """
 
 from __future__ import annotations
@@ -14,20 +19,33 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    DiffusionPipeline,
+    SchedulerMixin,
+    UNetSpatioTemporalConditionModel,
+)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
-from .control import ControlNeXtConfig, ControlNeXtModel
-from .injection import ControlSignal, control_injection
+from .control import ControlNeXtModel
+from .injection import ControlInjector, ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
-from .sampler import sample_windows
-from .weights import load_into
+from .model_dir import CONTROLNEXT_COMPONENT, check_model_dir
+from .sampler import WindowDenoiser, sample_windows
+from .weights import load_into, own_memory
 from .windows import Window, WindowPlan, plan_windows
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.image_processing_utils import BaseImageProcessor
 
 # Defaults of the reference inference script (ControlNeXt-SVD v2).
 DEFAULT_STEPS = 25
@@ -39,8 +57,11 @@ DEFAULT_FPS_ID = 6
 DEFAULT_MOTION_BUCKET = 128
 DEFAULT_NOISE_AUG = 0.02
 OUTPUT_TYPES = ("np", "latent")
+# Smallest blur of the antialiased resize (a downscale by 1 still blurs a little, as SVD's does).
+MIN_RESIZE_SIGMA = 0.001
 
-ImageLike = "PIL.Image.Image | np.ndarray | torch.Tensor"
+# (pipeline, step index, timestep, tensors named in callback_on_step_end_tensor_inputs) -> tensors to replace
+StepEndCallback = Callable[["ControlNeXtSVDPipeline", int, torch.Tensor, dict], dict]
 
 
 def _as_uint8_hwc(image, what: str) -> np.ndarray:
@@ -61,34 +82,71 @@ def _as_uint8_hwc(image, what: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-class ControlNeXtSVDPipeline:
+def image_processor_class() -> type:
+    """transformers' CLIP image processor that needs no torchvision: `CLIPImageProcessorPil`
+    (transformers 5, whose `CLIPImageProcessor` falls back to it with a warning) or, before it,
+    `CLIPImageProcessor`. The pipeline reads only its normalization constants."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
+def resize_antialiased(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize as SVD prepares its CLIP input: a Gaussian blur against aliasing, then bicubic.
+
+    Per axis, a downscale by `s` blurs with sigma `max((s - 1) / 2, MIN_RESIZE_SIGMA)`, a kernel
+    of `max(4 sigma, 3)` taps rounded down and made odd, with reflected borders; the resize is
+    bicubic with aligned corners.
+    Shapes: `(B, C, H, W)` -> `(B, C, *size)`.
+    """
+    channels = images.shape[1]
+    for axis, target in ((-1, size[1]), (-2, size[0])):  # width first, then height
+        sigma = max((images.shape[axis] / target - 1.0) / 2.0, MIN_RESIZE_SIGMA)
+        taps = int(max(4.0 * sigma, 3))
+        taps += 1 - taps % 2
+        x = torch.arange(taps, dtype=images.dtype, device=images.device) - taps // 2
+        kernel = torch.exp(-x.pow(2.0) / (2 * torch.tensor(sigma, dtype=images.dtype).pow(2.0)))
+        kernel = (kernel / kernel.sum()).expand(channels, 1, taps)
+        half = taps // 2
+        if axis == -1:
+            padded = F.pad(images, (half, half, 0, 0), mode="reflect")
+            images = F.conv2d(padded, kernel[:, :, None, :], groups=channels)
+        else:
+            padded = F.pad(images, (0, 0, half, half), mode="reflect")
+            images = F.conv2d(padded, kernel[:, :, :, None], groups=channels)
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=True)
+
+
+class ControlNeXtSVDPipeline(DiffusionPipeline):
     """The ControlNeXt-SVD v2 pipeline on stock diffusers and transformers components.
 
     Components are used as they are: the control is injected into the stock
     `UNetSpatioTemporalConditionModel` by a forward hook that lives only during a call.
+    Speed and memory options: `windows_per_batch` (windows per UNet call; None plans them from
+    free GPU memory), `set_memory_limit`, `compile`, `enable_channels_last` and diffusers'
+    `enable_model_cpu_offload`.
     """
+
+    model_cpu_offload_seq = "image_encoder->unet->vae"
+    # The control module (3.5 M parameters) runs before every UNet call: in the offload chain it
+    # would be moved to the GPU and back for every window, so it stays on the execution device.
+    _exclude_from_cpu_offload = ["controlnext"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
-        *,
         unet: UNetSpatioTemporalConditionModel,
         vae: AutoencoderKLTemporalDecoder,
-        image_encoder,
+        image_encoder: CLIPVisionModelWithProjection,
         controlnext: ControlNeXtModel,
-        scheduler,
-        image_mean: Sequence[float],
-        image_std: Sequence[float],
-        device: torch.device | str = "cpu",
+        scheduler: SchedulerMixin,
+        feature_extractor: BaseImageProcessor,
     ) -> None:
-        self.unet = unet
-        self.vae = vae
-        self.image_encoder = image_encoder
-        self.controlnext = controlnext
-        self.scheduler = scheduler
-        self.image_mean = tuple(float(v) for v in image_mean)
-        self.image_std = tuple(float(v) for v in image_std)
-        self.device = torch.device(device)
-        self.offload = False
+        super().__init__()
+        self.register_modules(
+            unet=unet, vae=vae, image_encoder=image_encoder, controlnext=controlnext, scheduler=scheduler,
+            feature_extractor=feature_extractor,
+        )
         # Windows per UNet call: an int, or None to plan from the free GPU memory (one on the CPU).
         self.windows_per_batch: int | None = None
         # A GPU memory cap in bytes for planning and allocation (None: the whole card).
@@ -96,6 +154,7 @@ class ControlNeXtSVDPipeline:
         # Batch sizes that ran out of memory, per (height, width, window), so later calls (later
         # segments on a worker) start below them.
         self._batch_limits: dict[tuple[int, int, int], int] = {}
+        self._num_timesteps = 0
 
     # ---------------------------------------------------------------- loading
 
@@ -109,47 +168,52 @@ class ControlNeXtSVDPipeline:
         torch_dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         vae_dtype: torch.dtype | None = None,
-    ) -> "ControlNeXtSVDPipeline":
-        """Load an SVD directory (diffusers layout) with the ControlNeXt weights.
+    ) -> ControlNeXtSVDPipeline:
+        """Load a local model directory in the released layout or the one `save_pretrained` writes.
 
-        `unet_weights` and `controlnext_weights` default to `controlnext-unet.{safetensors,bin}`
-        and `controlnext.{safetensors,bin}` inside `model_dir`. The full UNet file replaces every
-        UNet weight, so only `unet/config.json` of the base model is read. `vae_dtype` defaults
-        to `torch_dtype`, except float32 when the VAE asks for it (`force_upcast`) under fp16.
+        Released layout: `unet_weights` and `controlnext_weights` default to
+        `controlnext-unet.{safetensors,bin}` and `controlnext.{safetensors,bin}` inside
+        `model_dir`; the full UNet file replaces every UNet weight, so only `unet/config.json` of
+        the base model is read. `save_pretrained` layout: the weights in `unet/` and
+        `controlnext/`. In both, the UNet and the control module load the same strict, safe way
+        (`weights.load_into`): files of any float dtype are cast to `torch_dtype`, and missing,
+        unexpected or mis-shaped keys raise (diffusers' own `from_pretrained` only logs them, and
+        cannot read the released files); the VAE and the image encoder load with their libraries'
+        `from_pretrained`. Every weight is copied out of its file (`weights.own_memory`).
+        `vae_dtype` defaults to `torch_dtype`, except float32 when the VAE asks for it
+        (`force_upcast`) under fp16.
         """
         from transformers import CLIPVisionModelWithProjection
 
-        from .model_dir import check_model_dir
-
         files = check_model_dir(model_dir, unet_weights, controlnext_weights)
-        model_dir, unet_path, control_path = files.root, files.unet_weights, files.controlnext_weights
-
-        unet_config = UNetSpatioTemporalConditionModel.load_config(model_dir / "unet")
+        root = files.root
+        unet_config = UNetSpatioTemporalConditionModel.load_config(root / "unet")
         with torch.device("meta"):
             unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
-            controlnext = ControlNeXtModel(ControlNeXtConfig.for_unet(unet_config))
-        load_into(unet, unet_path, what="ControlNeXt UNet", dtype=torch_dtype)
-        load_into(controlnext, control_path, what="ControlNeXt control module", dtype=torch_dtype)
+            if files.layout == "diffusers":
+                controlnext = ControlNeXtModel.from_config(ControlNeXtModel.load_config(root / CONTROLNEXT_COMPONENT))
+            else:
+                controlnext = ControlNeXtModel.for_unet(unet_config)
+        load_into(unet, files.unet_weights, what="ControlNeXt UNet", dtype=torch_dtype)
+        load_into(controlnext, files.controlnext_weights, what="ControlNeXt control module", dtype=torch_dtype)
 
-        vae_config = AutoencoderKLTemporalDecoder.load_config(model_dir / "vae")
+        vae_file, image_encoder_file = files.component_weights
+        vae_config = AutoencoderKLTemporalDecoder.load_config(root / "vae")
         if vae_dtype is None:
             vae_dtype = torch.float32 if torch_dtype == torch.float16 and vae_config.get("force_upcast") else torch_dtype
         vae = AutoencoderKLTemporalDecoder.from_pretrained(
-            model_dir / "vae", torch_dtype=vae_dtype, variant=_variant(model_dir / "vae", "diffusion_pytorch_model")
+            root / "vae", torch_dtype=vae_dtype, variant=_variant(vae_file)
         )
         image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-            model_dir / "image_encoder", dtype=torch_dtype, variant=_variant(model_dir / "image_encoder", "model")
+            root / "image_encoder", dtype=torch_dtype, variant=_variant(image_encoder_file)
         )
-        scheduler = _load_scheduler(model_dir / "scheduler")
-        preprocessor = json.loads((model_dir / "feature_extractor/preprocessor_config.json").read_text())
         pipe = cls(
             unet=unet,
-            vae=vae.eval().requires_grad_(False),
-            image_encoder=image_encoder.eval().requires_grad_(False),
+            vae=own_memory(vae).eval().requires_grad_(False),
+            image_encoder=own_memory(image_encoder).eval().requires_grad_(False),
             controlnext=controlnext,
-            scheduler=scheduler,
-            image_mean=preprocessor["image_mean"],
-            image_std=preprocessor["image_std"],
+            scheduler=_load_scheduler(root / "scheduler"),
+            feature_extractor=image_processor_class().from_pretrained(root / "feature_extractor"),
         )
         return pipe.to(device)
 
@@ -164,33 +228,22 @@ class ControlNeXtSVDPipeline:
     def vae_dtype(self) -> torch.dtype:
         return self.vae.dtype
 
-    def to(self, device: torch.device | str) -> "ControlNeXtSVDPipeline":
-        """Move every component to `device` (and turn CPU offload off)."""
-        self.device = torch.device(device)
-        self.offload = False
-        for module in self._modules():
-            module.to(self.device)
-        return self
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the current (or last) call."""
+        return self._num_timesteps
 
-    def enable_model_cpu_offload(self, device: torch.device | str = "cuda") -> "ControlNeXtSVDPipeline":
-        """Keep components on the CPU and move each to `device` only while it runs."""
-        self.device = torch.device(device)
-        self.offload = True
-        for module in self._modules():
-            module.to("cpu")
-        return self
-
-    def set_memory_limit(self, gib: float | None) -> "ControlNeXtSVDPipeline":
+    def set_memory_limit(self, gib: float | None) -> ControlNeXtSVDPipeline:
         """Cap this process's GPU memory at `gib` GiB (None: no cap): window batches are planned
         under the cap and the CUDA allocator enforces it, so a plan that fits a 24 GB card can be
         held on a larger one, or a card shared."""
         if gib is not None and gib <= 0:
             raise ValueError(f"memory limit must be a positive number of GiB, got {gib}")
         self.memory_limit = None if gib is None else int(gib * 2**30)
-        apply_memory_limit(self.device, self.memory_limit)
+        apply_memory_limit(self._execution_device, self.memory_limit)
         return self
 
-    def compile(self, **compile_kwargs) -> "ControlNeXtSVDPipeline":
+    def compile(self, **compile_kwargs) -> ControlNeXtSVDPipeline:
         """`torch.compile` the UNet block by block and the control module (regional compilation).
 
         Blocks are compiled in place (`nn.Module.compile`), so the control hook on the UNet's
@@ -203,7 +256,7 @@ class ControlNeXtSVDPipeline:
         self.controlnext.compile(**compile_kwargs)
         return self
 
-    def enable_channels_last(self) -> "ControlNeXtSVDPipeline":
+    def enable_channels_last(self) -> ControlNeXtSVDPipeline:
         """Store the 2D convolution weights in channels-last layout (faster convolutions on GPUs).
 
         Only `Conv2d` weights change: the temporal layers' 5-D weights have no channels-last form.
@@ -219,30 +272,18 @@ class ControlNeXtSVDPipeline:
         limit = self._batch_limits.get((height, width, plan.window_size), len(plan.windows))
         if self.windows_per_batch is not None:
             return max(1, min(self.windows_per_batch, limit))
-        free = free_memory(self.device, self.memory_limit)
+        free = free_memory(self._execution_device, self.memory_limit)
         if free is None:
             return 1
         planned = plan_windows_per_batch(free, height, width, plan.window_size, self.dtype, len(plan.windows))
         return min(planned, limit)
 
-    def _modules(self):
-        return (self.unet, self.controlnext, self.vae, self.image_encoder)
-
-    @contextmanager
-    def placed(self, *modules: torch.nn.Module):
-        """With offload on: move `modules` to the execution device for the duration of the block."""
-        if not self.offload:
-            yield
-            return
-        for module in modules:
-            module.to(self.device)
-        try:
-            yield
-        finally:
-            for module in modules:
-                module.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+    def _lower_batch_limit(self, key: tuple[int, int, int], windows_per_batch: int) -> None:
+        """After an out-of-memory error: remember the smaller batch for later calls of this size."""
+        release_memory(self._execution_device)
+        self._batch_limits[key] = windows_per_batch
+        warnings.warn(f"out of memory: {windows_per_batch} windows per UNet call from now on",
+                      RuntimeWarning, stacklevel=3)
 
     # ---------------------------------------------------------------- stages
 
@@ -263,6 +304,7 @@ class ControlNeXtSVDPipeline:
         noise_aug_strength: float,
         latents: torch.Tensor | None,
         output_type: str,
+        callback_on_step_end_tensor_inputs: Sequence[str] = (),
     ) -> tuple[np.ndarray, torch.Tensor, WindowPlan]:
         """Validate every argument before any model work.
 
@@ -313,6 +355,11 @@ class ControlNeXtSVDPipeline:
             raise ValueError(f"noise_aug_strength must be >= 0, got {noise_aug_strength}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = [name for name in callback_on_step_end_tensor_inputs if name not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}"
+            )
         plan = plan_windows(len(pose_tensor), window_size, overlap)
         if latents is not None:
             expected = self.latent_shape(len(pose_tensor), height, width)
@@ -330,19 +377,13 @@ class ControlNeXtSVDPipeline:
 
         Shapes: reference `(1, 3, H, W)` in [0, 1] -> `(1, 1, D)`.
         """
-        from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import (
-            _resize_with_antialiasing,
-        )
-
         size = self.image_encoder.config.image_size
-        image = _resize_with_antialiasing(reference * 2.0 - 1.0, (size, size))
+        image = resize_antialiased(reference * 2.0 - 1.0, (size, size))
         image = (image + 1.0) / 2.0
-        mean = torch.tensor(self.image_mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.image_std).view(1, -1, 1, 1)
-        image = ((image - mean) / std).to(self.device, self.image_encoder.dtype)
-        with self.placed(self.image_encoder):
-            embeds = self.image_encoder(image).image_embeds
-        return embeds.unsqueeze(1)
+        mean = torch.tensor(self.feature_extractor.image_mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.feature_extractor.image_std).view(1, -1, 1, 1)
+        image = ((image - mean) / std).to(self._execution_device, self.image_encoder.dtype)
+        return self.image_encoder(image).image_embeds.unsqueeze(1)
 
     @torch.no_grad()
     def encode_reference_latents(
@@ -352,11 +393,28 @@ class ControlNeXtSVDPipeline:
 
         Shapes: reference `(1, 3, H, W)` in [0, 1] -> `(1, C, H/8, W/8)`.
         """
-        image = (reference * 2.0 - 1.0).to(self.device)
-        noise = randn_tensor(image.shape, generator=generator, device=self.device, dtype=image.dtype)
+        device = self._execution_device
+        image = (reference * 2.0 - 1.0).to(device)
+        noise = randn_tensor(image.shape, generator=generator, device=device, dtype=image.dtype)
         image = image + noise_aug_strength * noise
-        with self.placed(self.vae):
-            return self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode()
+        return self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode()
+
+    def prepare_latents(
+        self,
+        shape: tuple[int, ...],
+        scheduler,
+        generator: torch.Generator | None,
+        latents: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Initial latents (drawn from `generator` unless given), scaled by the scheduler's
+        `init_noise_sigma`, in float32 on the execution device.
+
+        Shapes: `shape` is `(1, N, C, H/8, W/8)`; given latents have it already.
+        """
+        device = self._execution_device
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        return latents.to(device, torch.float32) * scheduler.init_noise_sigma
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = DEFAULT_DECODE_CHUNK) -> Iterator[np.ndarray]:
@@ -367,38 +425,44 @@ class ControlNeXtSVDPipeline:
         On a GPU out-of-memory error the chunk size is halved for the rest of the clip (with a
         warning: smaller chunks decode slightly differently) rather than failing.
         """
+        device = self._execution_device
         z = latents.flatten(0, 1) / self.vae.config.scaling_factor
-        with self.placed(self.vae):
-            i = 0
-            while i < z.shape[0]:
-                chunk = z[i : i + decode_chunk_size].to(self.device, self.vae.dtype)
-                try:
-                    frames = self.vae.decode(chunk, num_frames=chunk.shape[0]).sample
-                except Exception as exc:
-                    if not is_out_of_memory(exc) or decode_chunk_size == 1:
-                        raise
-                    del chunk
-                    release_memory(self.device)
-                    decode_chunk_size //= 2
-                    warnings.warn(f"out of memory decoding: decode_chunk_size lowered to {decode_chunk_size}",
-                                  RuntimeWarning, stacklevel=2)
-                    continue
-                i += chunk.shape[0]
-                yield (frames.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        i = 0
+        while i < z.shape[0]:
+            chunk = z[i : i + decode_chunk_size].to(device, self.vae.dtype)
+            try:
+                frames = self.vae.decode(chunk, num_frames=chunk.shape[0]).sample
+            except Exception as exc:
+                if not is_out_of_memory(exc) or decode_chunk_size == 1:
+                    raise
+                del chunk
+                release_memory(device)
+                decode_chunk_size //= 2
+                warnings.warn(f"out of memory decoding: decode_chunk_size lowered to {decode_chunk_size}",
+                              RuntimeWarning, stacklevel=2)
+                continue
+            i += chunk.shape[0]
+            yield (frames.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
     def window_denoiser(
         self,
         *,
-        injector,
+        injector: ControlInjector,
         poses: torch.Tensor,
         image_embeddings: torch.Tensor,
         image_latents: torch.Tensor,
         added_time_ids: torch.Tensor,
         guidance: torch.Tensor | None,
         control_scale: float,
-    ):
-        """The denoiser the sampler calls: a batch of windows -> guided model outputs."""
-        unet, controlnext, device, dtype = self.unet, self.controlnext, self.device, self.dtype
+    ) -> WindowDenoiser:
+        """The denoiser the sampler calls: a batch of windows -> guided model outputs.
+
+        Shapes: poses `(N, H, W, 3)` uint8, image_embeddings `(1, 1, D)`, image_latents
+        `(1, C, h, w)`, added_time_ids `(1, 3)`, guidance `(1, window_size, 1, 1, 1)` or None
+        (no classifier-free guidance); the denoiser maps scaled latents `(1, N, C, h, w)`, a
+        timestep and k windows to k outputs `(1, window.size, C, h, w)` in float32.
+        """
+        unet, controlnext, device, dtype = self.unet, self.controlnext, self._execution_device, self.dtype
         do_cfg = guidance is not None
 
         def denoise(scaled: torch.Tensor, t: torch.Tensor, windows: Sequence[Window]) -> list[torch.Tensor]:
@@ -452,7 +516,8 @@ class ControlNeXtSVDPipeline:
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
-        callback: Callable[[int, int], None] | None = None,
+        callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> np.ndarray | torch.Tensor:
         """Animate `reference` with `poses`; `poses[0]` is the reference image's own pose.
 
@@ -475,71 +540,75 @@ class ControlNeXtSVDPipeline:
                 `init_noise_sigma`.
             output_type: "np" for frames `(N, H, W, 3)` float32 in [0, 1], "latent" for the
                 final latents `(1, N, C, H/8, W/8)`.
-            callback: called as `callback(step, total_steps)` after every denoising step.
+            callback_on_step_end: called after every denoising step, as in diffusers, with
+                `(pipe, step_index, timestep, callback_kwargs)`; `callback_kwargs` holds the
+                tensors named in `callback_on_step_end_tensor_inputs` (`"latents"`, the whole
+                clip's), and the returned dict may replace them. It may raise to stop the call.
+            callback_on_step_end_tensor_inputs: tensors given to `callback_on_step_end`.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # 1. Check inputs
         ref, pose_frames, plan = self.check_inputs(
             reference, poses, height=height, width=width, num_inference_steps=num_inference_steps,
             window_size=window_size, overlap=overlap, decode_chunk_size=decode_chunk_size,
             min_guidance_scale=min_guidance_scale, max_guidance_scale=max_guidance_scale,
             control_scale=control_scale, noise_aug_strength=noise_aug_strength, latents=latents,
-            output_type=output_type,
+            output_type=output_type, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         height, width = ref.shape[:2]
-        num_frames = plan.num_frames
-        reference01 = torch.tensor(ref).permute(2, 0, 1)[None].float() / 255.0
+        device = self._execution_device
 
+        # 2. Encode the reference: CLIP embedding, VAE latents, micro-conditioning
+        reference01 = torch.tensor(ref).permute(2, 0, 1)[None].float() / 255.0
         image_embeddings = self.encode_image(reference01).to(self.dtype)
         image_latents = self.encode_reference_latents(reference01, noise_aug_strength, generator)
-        added_time_ids = torch.tensor([[fps_id, motion_bucket_id, noise_aug_strength]], dtype=self.dtype, device=self.device)
+        added_time_ids = torch.tensor([[fps_id, motion_bucket_id, noise_aug_strength]], dtype=self.dtype, device=device)
 
+        # 3. Timesteps, on a fresh scheduler so that calls never share its state
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
-        if latents is None:
-            latents = randn_tensor(
-                self.latent_shape(num_frames, height, width), generator=generator, device=self.device, dtype=torch.float32
-            )
-        latents = latents.to(self.device, torch.float32) * scheduler.init_noise_sigma
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(scheduler.timesteps)
 
-        do_cfg = not (min_guidance_scale == max_guidance_scale == 1.0)
+        # 4. Initial latents
+        latents = self.prepare_latents(self.latent_shape(plan.num_frames, height, width), scheduler, generator, latents)
+
+        # 5. Denoise the windows of every step, the control entering through the scoped hook
         guidance = None
-        if do_cfg:
-            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, plan.window_size, device=self.device)
+        if not min_guidance_scale == max_guidance_scale == 1.0:
+            guidance = torch.linspace(min_guidance_scale, max_guidance_scale, plan.window_size, device=device)
             guidance = guidance.view(1, -1, 1, 1, 1)
-
-        with self.placed(self.unet, self.controlnext), control_injection(self.unet) as injector:
+        with control_injection(self.unet) as injector, self.progress_bar(total=self._num_timesteps) as progress_bar:
             denoise = self.window_denoiser(
-                injector=injector,
-                poses=pose_frames,
-                image_embeddings=image_embeddings,
-                image_latents=image_latents,
-                added_time_ids=added_time_ids,
-                guidance=guidance,
-                control_scale=control_scale,
+                injector=injector, poses=pose_frames, image_embeddings=image_embeddings, image_latents=image_latents,
+                added_time_ids=added_time_ids, guidance=guidance, control_scale=control_scale,
             )
-            limit_key = (height, width, plan.window_size)
 
-            def lower_limit(windows_per_batch: int) -> None:
-                release_memory(self.device)
-                self._batch_limits[limit_key] = windows_per_batch
-                warnings.warn(f"out of memory: {windows_per_batch} windows per UNet call from now on",
-                              RuntimeWarning, stacklevel=2)
+            def on_step_end(step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+                if callback_on_step_end is not None:
+                    tensors = {"latents": latents}
+                    callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                    latents = callback_on_step_end(self, step, t, callback_kwargs).pop("latents", latents)
+                progress_bar.update()
+                return latents
 
             latents = sample_windows(
                 denoise, latents, scheduler, plan, windows_per_batch=self.batch_plan(height, width, plan),
-                callback=callback, on_out_of_memory=lower_limit,
+                on_step_end=on_step_end,
+                on_out_of_memory=partial(self._lower_batch_limit, (height, width, plan.window_size)),
             )
-        if output_type == "latent":
-            return latents
-        return np.concatenate(list(self.decode_latents(latents, decode_chunk_size)))
+
+        # 6. Decode
+        if output_type == "np":
+            latents = np.concatenate(list(self.decode_latents(latents, decode_chunk_size)))
+        self.maybe_free_model_hooks()
+        return latents
 
 
-def _variant(directory: Path, stem: str) -> str | None:
-    """"fp16" when a component directory only holds `<stem>.fp16.safetensors` (hub layout)."""
-    if (directory / f"{stem}.safetensors").is_file() or (directory / f"{stem}.bin").is_file():
-        return None
-    if (directory / f"{stem}.fp16.safetensors").is_file():
-        return "fp16"
-    return None
+def _variant(weights: Path) -> str | None:
+    """"fp16" when a component's weights are its fp16 variant (`model.fp16.safetensors`, as on
+    the hub, or what `save_pretrained(variant="fp16")` writes)."""
+    return "fp16" if ".fp16." in weights.name else None
 
 
 def _load_scheduler(directory: Path):

@@ -23,7 +23,8 @@ from .windows import Window, WindowPlan
 # (scaled latents (1, N, C, h, w), timestep, windows) -> one guided model output
 # (1, window.size, C, h, w) per window, in order.
 WindowDenoiser = Callable[[torch.Tensor, torch.Tensor, Sequence[Window]], Sequence[torch.Tensor]]
-StepCallback = Callable[[int, int], None]
+# (step index, timestep, latents after the step) -> the latents to go on from
+StepEnd = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def sample_windows(
@@ -33,13 +34,14 @@ def sample_windows(
     plan: WindowPlan,
     *,
     windows_per_batch: int = 1,
-    callback: StepCallback | None = None,
+    on_step_end: StepEnd | None = None,
     on_out_of_memory: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Denoise `latents` over `scheduler.timesteps` with per-step window fusion.
 
     Shapes: latents `(1, N, C, h, w)` with `N == plan.num_frames` -> same shape.
-    `callback(step, total)` is called after each step (1-based). When a batch of several windows
+    `on_step_end(step_index, t, latents)` is called after each step (0-based) and returns the
+    latents to continue from (the same tensor, or a replacement). When a batch of several windows
     runs out of memory, the batch size is halved and the same step goes on;
     `on_out_of_memory(new_windows_per_batch)` is told (a batch of one window re-raises).
     """
@@ -70,6 +72,6 @@ def sample_windows(
                 total[:, window.keep_from : window.stop] += output[:, first:].to(total.dtype)
             done += len(batch)
         latents = scheduler.step(total / counts, t, latents, return_dict=False)[0]
-        if callback is not None:
-            callback(step + 1, len(timesteps))
+        if on_step_end is not None:
+            latents = on_step_end(step, t, latents)
     return latents

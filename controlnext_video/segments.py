@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -159,7 +159,7 @@ def render_segment(
     *,
     seed: int,
     decode_chunk_size: int,
-    callback=None,
+    callback: Callable[[int, int], None] | None = None,
     **pipe_kwargs,
 ):
     """Render one segment and yield `(driving frame index, uint8 frame (H, W, 3))` in order.
@@ -167,6 +167,8 @@ def render_segment(
     `poses` are the segment's pipeline poses: `[reference pose] + driving poses[start:stop]`.
     The reference pose frame (pipeline frame 0) anchors the segment and is not yielded.
     Frames are decoded and yielded chunk by chunk, so a caller can write them as they come.
+    `callback(step, total_steps)` reports denoising progress after every step (1-based); it may
+    raise to stop the render. Other keyword arguments go to the pipeline call.
     """
     if len(poses) != segment.length + 1:
         raise ValueError(
@@ -176,11 +178,21 @@ def render_segment(
     height, width = np.asarray(poses[0]).shape[:2]
     shape = pipe.latent_shape(1, height, width)[2:]
     latents = frame_noise(seed, segment.noise_indices, shape)
-    final = pipe(reference, poses, latents=latents, output_type="latent", callback=callback,
-                 generator=torch.Generator().manual_seed(seed), decode_chunk_size=decode_chunk_size, **pipe_kwargs)
+    if callback is not None:
+        if "callback_on_step_end" in pipe_kwargs:
+            raise ValueError("give callback or callback_on_step_end, not both")
+        pipe_kwargs["callback_on_step_end"] = partial(_report_step, callback)
+    final = pipe(reference, poses, latents=latents, output_type="latent", generator=torch.Generator().manual_seed(seed),
+                 decode_chunk_size=decode_chunk_size, **pipe_kwargs)
     index = -1
     for chunk in pipe.decode_latents(final, decode_chunk_size):
         for frame in chunk:
             if index >= 0:
                 yield segment.start + index, np.round(frame * 255).astype(np.uint8)
             index += 1
+
+
+def _report_step(callback: Callable[[int, int], None], pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+    """A pipeline `callback_on_step_end` that tells `callback(step, total)` (1-based) and changes nothing."""
+    callback(step + 1, pipe.num_timesteps)
+    return callback_kwargs

@@ -72,7 +72,7 @@ def test_auto_plan_batches_windows_and_matches_one_at_a_time(tiny_model_dir):
 def test_cpu_offload_on_cuda_gives_the_same_result(tiny_model_dir):
     pipe = load(tiny_model_dir)
     plain = run(pipe)
-    pipe.enable_model_cpu_offload("cuda")
+    pipe.enable_model_cpu_offload(device="cuda")
     assert next(pipe.unet.parameters()).device.type == "cpu"
     offloaded = run(pipe)
     assert next(pipe.unet.parameters()).device.type == "cpu"  # moved back after the call

@@ -63,6 +63,19 @@ def test_fixture_latents_and_frames(case, fixture_pipe):
     assert np.abs(frames - expected["frames"].numpy()).max() < TOLERANCE
 
 
+def test_fixture_model_saved_and_reloaded_gives_the_same_latents(case, fixture_pipe, tmp_path):
+    """The released layout through `save_pretrained` (diffusers layout) and back: bit for bit."""
+    cfg, expected, ref, poses = case
+    fixture_pipe.save_pretrained(tmp_path / "saved")
+    reloaded = ControlNeXtSVDPipeline.from_pretrained(tmp_path / "saved")
+    results = [
+        pipe(ref, poses, latents=expected["initial_latents"], generator=torch.Generator().manual_seed(cfg["generator_seed"]),
+             output_type="latent", **call_kwargs(cfg))
+        for pipe in (fixture_pipe, reloaded)
+    ]
+    assert torch.equal(*results)
+
+
 def test_oracle_reproduces_fixture(case, fixture_pipe):
     cfg, expected, ref, poses = case
     got = reference_latents(

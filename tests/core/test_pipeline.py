@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -51,12 +53,12 @@ def test_no_hook_left_after_call_or_error(tiny_pipe):
     call(tiny_pipe, output_type="latent")
     assert hooks_on(tiny_pipe.unet) == before
 
-    def explode(step, total):
+    def explode(pipe, step, timestep, callback_kwargs):
         assert hooks_on(tiny_pipe.unet) == before + 1  # the hook is live during the call
         raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
-        call(tiny_pipe, output_type="latent", callback=explode)
+        call(tiny_pipe, output_type="latent", callback_on_step_end=explode)
     assert hooks_on(tiny_pipe.unet) == before
 
 
@@ -115,6 +117,7 @@ def guarded_pipe(tiny_pipe):
         (dict(output_type="pil"), "output_type"),
         (dict(reference=np.zeros((64, 64), np.uint8)), "reference must be an RGB image"),
         (dict(latents=torch.zeros(1, N + 1, 4, 8, 8)), "latents must have shape"),
+        (dict(callback_on_step_end_tensor_inputs=["image_latents"]), "callback_on_step_end_tensor_inputs"),
     ],
 )
 def test_bad_arguments_fail_before_model_work(guarded_pipe, kwargs, message):
@@ -158,10 +161,50 @@ def test_frames_output_and_streaming_decode(tiny_pipe):
     assert not np.allclose(np.concatenate(list(tiny_pipe.decode_latents(latents, 3))), frames, atol=1e-6)
 
 
-def test_callback_reports_every_step(tiny_pipe):
+def test_callback_on_step_end_sees_every_step_and_can_replace_latents(tiny_pipe):
     seen = []
-    call(tiny_pipe, output_type="latent", num_inference_steps=3, callback=lambda s, t: seen.append((s, t)))
-    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+    def record(pipe, step, timestep, callback_kwargs):
+        seen.append((step, timestep.item(), callback_kwargs["latents"].shape, pipe.num_timesteps))
+        return {}
+
+    plain = call(tiny_pipe, output_type="latent", num_inference_steps=3)
+    observed = call(tiny_pipe, output_type="latent", num_inference_steps=3, callback_on_step_end=record)
+    scheduler = type(tiny_pipe.scheduler).from_config(tiny_pipe.scheduler.config)
+    scheduler.set_timesteps(3)
+    assert seen == [(i, t.item(), (1, N, 4, 8, 8), 3) for i, t in enumerate(scheduler.timesteps)]
+    assert torch.equal(plain, observed)  # a callback that returns nothing changes nothing
+
+    def zero_at_last_step(pipe, step, timestep, callback_kwargs):
+        last = step == pipe.num_timesteps - 1
+        return {"latents": torch.zeros_like(callback_kwargs["latents"])} if last else callback_kwargs
+
+    assert not call(tiny_pipe, output_type="latent", num_inference_steps=3, callback_on_step_end=zero_at_last_step).any()
+
+
+def test_pipeline_callback_objects_are_accepted(tiny_pipe):
+    from diffusers.callbacks import PipelineCallback
+
+    class CountSteps(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            steps.append(step_index)
+            return callback_kwargs
+
+    steps = []
+    call(tiny_pipe, output_type="latent", callback_on_step_end=CountSteps())
+    assert steps == [0, 1]
+
+
+def test_standard_progress_bar(tiny_pipe):
+    out = io.StringIO()
+    try:
+        tiny_pipe.set_progress_bar_config(file=out, ascii=True)
+        call(tiny_pipe, output_type="latent", num_inference_steps=3)
+    finally:
+        tiny_pipe.set_progress_bar_config()
+    assert "3/3" in out.getvalue()
 
 
 def test_conditioning_arguments_are_honoured(tiny_pipe):
@@ -189,10 +232,30 @@ def test_uses_scaled_dot_product_attention(tiny_pipe):
 
 
 def test_cpu_offload_gives_the_same_result(tiny_pipe):
+    """diffusers' model offload (its hooks run on the CPU too) leaves the control hook working."""
     plain = call(tiny_pipe, output_type="latent")
+    before = hooks_on(tiny_pipe.unet)
     try:
-        tiny_pipe.enable_model_cpu_offload("cpu")
+        tiny_pipe.enable_model_cpu_offload(device="cpu")
         offloaded = call(tiny_pipe, output_type="latent")
+        frames = call(tiny_pipe)
     finally:
+        tiny_pipe.remove_all_hooks()
         tiny_pipe.to("cpu")
     assert torch.equal(plain, offloaded)
+    assert np.array_equal(frames, call(tiny_pipe))
+    assert hooks_on(tiny_pipe.unet) == before
+
+
+def test_antialiased_resize_matches_svd_preprocessing():
+    """Our resize equals the one diffusers' SVD pipeline applies before CLIP (its private helper,
+    used here only as the oracle)."""
+    svd = pytest.importorskip("diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion")
+    oracle = getattr(svd, "_resize_with_antialiasing", None)
+    if oracle is None:
+        pytest.skip("this diffusers version has no SVD resize helper to compare with")
+    from controlnext_video.pipeline import resize_antialiased
+
+    images = torch.rand(2, 3, 96, 160, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for size in ((224, 224), (48, 80), (96, 160)):
+        assert torch.equal(resize_antialiased(images, size), oracle(images, size)), size

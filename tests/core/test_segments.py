@@ -1,4 +1,4 @@
-"""Segment planning, blend weights and plan-independent noise, as properties."""
+"""Segment planning, blend weights and plan-independent noise, as properties; rendering a segment."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlnext_video.segments import blend_frames, frame_noise, plan_segments
+from controlnext_video.segments import Segment, blend_frames, frame_noise, plan_segments, render_segment
+
+from .conftest import random_inputs
 
 
 @st.composite
@@ -78,3 +80,18 @@ def test_blend_cross_fades_shared_frames():
     assert blend_frames(plan, 0, {0: ones * 0.2})[0, 0, 0] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="frame 5: no rendered frame from segment"):
         blend_frames(plan, 5, {0: ones})
+
+
+def test_render_segment_reports_progress_and_yields_its_frames(tiny_pipe):
+    ref, poses = random_inputs(5, 64, 64)
+    segment = Segment(index=1, start=10, stop=14)
+    steps = []
+    frames = list(render_segment(tiny_pipe, ref, poses, segment, seed=3, decode_chunk_size=2,
+                                 callback=lambda step, total: steps.append((step, total)),
+                                 num_inference_steps=2, window_size=4, overlap=1))
+    assert steps == [(1, 2), (2, 2)]
+    assert [i for i, _ in frames] == [10, 11, 12, 13]
+    assert all(f.dtype == np.uint8 and f.shape == (64, 64, 3) for _, f in frames)
+    with pytest.raises(ValueError, match="not both"):
+        list(render_segment(tiny_pipe, ref, poses, segment, seed=3, decode_chunk_size=2, callback=print,
+                            callback_on_step_end=lambda *args: {}))
