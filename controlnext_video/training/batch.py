@@ -82,11 +82,11 @@ def encode_frames(pipe, pixels: torch.Tensor, generator: torch.Generator, chunk_
     Shapes: pixels `(F, 3, H, W)` in [-1, 1] -> `(F, C, H/8, W/8)` float32 on the CPU.
     """
     means, stds = [], []
-    with pipe.placed(pipe.vae):
-        for chunk in pixels.split(chunk_size):
-            dist = pipe.vae.encode(chunk.to(pipe.device, pipe.vae.dtype)).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
+    device = pipe._execution_device  # diffusers' offload moves the VAE there itself on encode
+    for chunk in pixels.split(chunk_size):
+        dist = pipe.vae.encode(chunk.to(device, pipe.vae.dtype)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
     mean, std = torch.cat(means), torch.cat(stds)
     sample = mean + std * torch.randn(mean.shape, generator=generator)
     return sample * pipe.vae.config.scaling_factor
