@@ -64,14 +64,15 @@ def with_request_options(fields: Iterable[str], required: Iterable[str] = (),
     return decorate
 
 
-def request_from_options(options: dict[str, Any], model: type[BaseModel] = RenderRequest, **overrides: Any):
-    """The request for the options given (None: left out), validated; a clear error and exit 2 if not."""
+def request_from_options(options: dict[str, Any], schema: type[BaseModel] = RenderRequest, /, **overrides: Any):
+    """The request (a `schema` instance) for the options given (None: left out) and the overrides,
+    validated; a clear error and exit 2 if not."""
     from pydantic import ValidationError
 
-    values = {k: v for k, v in options.items() if v is not None and k in model.model_fields}
+    values = {k: v for k, v in options.items() if v is not None and k in schema.model_fields}
     values.update(overrides)
     try:
-        return model(**values)
+        return schema(**values)
     except ValidationError as exc:
         problems = "; ".join(f"{option_name(str(e['loc'][0])) if e['loc'] else 'request'}: {e['msg']}"
                              for e in exc.errors())

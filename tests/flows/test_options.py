@@ -103,3 +103,13 @@ def test_choices_come_from_the_request(field):
     result = CliRunner().invoke(app, ["render", "--reference", "r.png", "--driving", "d.mp4",
                                       "--" + field.replace("_", "-"), "nonsense"])
     assert result.exit_code == 2 and all(repr(choice) in result.output for choice in choices), result.output
+
+
+def test_overrides_may_name_any_field_even_model():
+    from flows.options import request_from_options
+    from flows.request import FinetuneRequest
+
+    request = request_from_options({"steps": 3, "unknown": 1}, reference="r.png", driving="d.mp4", model="m")
+    assert isinstance(request, RenderRequest) and (request.model, request.steps) == ("m", 3)
+    tuned = request_from_options({}, FinetuneRequest, clips="c", model="m", steps=5)
+    assert isinstance(tuned, FinetuneRequest) and (tuned.model, tuned.steps) == ("m", 5)

@@ -70,7 +70,7 @@ def test_sigint_at_a_segment_boundary_stops_and_a_rerun_resumes(prefect_server, 
     assert not (tmp_path / "out.mp4").exists()
     assert_nothing_half_written(store)
     kept = records(store)
-    (plan,) = store.glob("jobs/*/poses/plan.json")
+    (plan,) = store.glob("jobs/*/plan.json")
     assert 1 <= len(kept) < len(json.loads(plan.read_text())["segments"])  # stopped mid-job
 
     rerun = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=prefect_server.env, cwd=PROJECT_DIR,
