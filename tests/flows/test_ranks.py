@@ -95,3 +95,13 @@ def test_report_names_the_gpus():
     assert gpus_text({}) == "1"
     assert gpus_text(dict(devices=["cpu", "cpu"])) == "2 × cpu"
     assert gpus_text(dict(devices=["NVIDIA H100", "NVIDIA A100"])) == "NVIDIA H100, NVIDIA A100"
+
+
+def test_the_plan_states_the_speedup_cap():
+    from controlnext_video.segments import plan_segments
+    from flows.stages import JobContext, window_balance
+
+    job = JobContext(store=None, layout=None, request=RenderRequest(), env=None)
+    text = window_balance(job, plan_segments(500, 240, 8), 8)  # 240 frames + the reference pose: 14 windows
+    assert text == ("segments of up to 240 frames have 14 windows: on 8 GPU(s) each, at most 7.00x one GPU's "
+                    "speed (W / ceil(W / G))")
