@@ -113,8 +113,11 @@ def rank_and_size(group) -> tuple[int, int]:
 
 
 def _comm_device(group, device: torch.device) -> torch.device:
-    """NCCL moves tensors on the GPU; the other backends (gloo) on the CPU."""
-    return device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    """Where a collective's tensors must be: NCCL's on a GPU (this rank's current one for a
+    tensor on the CPU), the other backends' (gloo) on the CPU."""
+    if dist.get_backend(group) != "nccl":
+        return torch.device("cpu")
+    return device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
 
 
 def all_gather_uneven(tensor: torch.Tensor, sizes: Sequence[int], group) -> list[torch.Tensor]:
