@@ -36,6 +36,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .control import ControlNeXtModel
+from .distributed import agree_on_minimum, all_gather_uneven, check_same_on_all_ranks, decode_frames, rank_and_size
 from .injection import ControlInjector, ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .model_dir import CONTROLNEXT_COMPONENT, check_model_dir
@@ -267,15 +268,20 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                     module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
         return self
 
-    def batch_plan(self, height: int, width: int, plan: WindowPlan) -> int:
-        """Windows per UNet call for this call: the set value, or planned from free GPU memory."""
+    def batch_plan(self, height: int, width: int, plan: WindowPlan, world_size: int = 1) -> int:
+        """Windows per UNet call for this call: the set value, or planned from free GPU memory.
+
+        Over `world_size` processes a planned batch holds at most ceil(windows / world_size)
+        windows, so that every process gets work (a set value is kept as it is).
+        """
         limit = self._batch_limits.get((height, width, plan.window_size), len(plan.windows))
         if self.windows_per_batch is not None:
             return max(1, min(self.windows_per_batch, limit))
         free = free_memory(self._execution_device, self.memory_limit)
         if free is None:
             return 1
-        planned = plan_windows_per_batch(free, height, width, plan.window_size, self.dtype, len(plan.windows))
+        share = math.ceil(len(plan.windows) / world_size)
+        planned = plan_windows_per_batch(free, height, width, plan.window_size, self.dtype, share)
         return min(planned, limit)
 
     def _lower_batch_limit(self, key: tuple[int, int, int], windows_per_batch: int) -> None:
@@ -417,15 +423,23 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         return latents.to(device, torch.float32) * scheduler.init_noise_sigma
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = DEFAULT_DECODE_CHUNK) -> Iterator[np.ndarray]:
+    def decode_latents(
+        self, latents: torch.Tensor, decode_chunk_size: int = DEFAULT_DECODE_CHUNK, *, process_group=None
+    ) -> Iterator[np.ndarray]:
         """Decode latents `decode_chunk_size` frames at a time, yielding each chunk as it is done.
 
         The temporal decoder mixes frames inside a chunk, so the result depends on the chunk size.
         Shapes: latents `(1, N, C, h, w)` -> chunks `(n, H, W, 3)` float32 in [0, 1].
         On a GPU out-of-memory error the chunk size is halved for the rest of the clip (with a
         warning: smaller chunks decode slightly differently) rather than failing.
+        With `process_group`, only this rank's frames are decoded and yielded: the contiguous
+        run of whole chunks `controlnext_video.distributed.decode_frames(N, decode_chunk_size,
+        world_size, rank)`, the same chunks one process decodes.
         """
         device = self._execution_device
+        if process_group is not None:
+            frames = decode_frames(latents.shape[1], decode_chunk_size, *reversed(rank_and_size(process_group)))
+            latents = latents[:, frames.start : frames.stop]
         z = latents.flatten(0, 1) / self.vae.config.scaling_factor
         i = 0
         while i < z.shape[0]:
@@ -518,6 +532,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         output_type: str = "np",
         callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        process_group=None,
     ) -> np.ndarray | torch.Tensor:
         """Animate `reference` with `poses`; `poses[0]` is the reference image's own pose.
 
@@ -545,6 +560,12 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 tensors named in `callback_on_step_end_tensor_inputs` (`"latents"`, the whole
                 clip's), and the returned dict may replace them. It may raise to stop the call.
             callback_on_step_end_tensor_inputs: tensors given to `callback_on_step_end`.
+            process_group: a `torch.distributed` process group (one process per GPU) to spread
+                the call over: every rank calls with the same arguments (and generator seed),
+                denoises its share of the windows and decodes its share of the frames, and
+                returns the one-process result bit for bit (with the same windows per UNet
+                call). The group's timeout bounds every wait on another rank. None: this
+                process alone.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -563,6 +584,8 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         reference01 = torch.tensor(ref).permute(2, 0, 1)[None].float() / 255.0
         image_embeddings = self.encode_image(reference01).to(self.dtype)
         image_latents = self.encode_reference_latents(reference01, noise_aug_strength, generator)
+        if process_group is not None:
+            check_same_on_all_ranks(image_latents, process_group, "reference latents (the generator's noise augmentation)")
         added_time_ids = torch.tensor([[fps_id, motion_bucket_id, noise_aug_strength]], dtype=self.dtype, device=device)
 
         # 3. Timesteps, on a fresh scheduler so that calls never share its state
@@ -593,16 +616,40 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 return latents
 
             latents = sample_windows(
-                denoise, latents, scheduler, plan, windows_per_batch=self.batch_plan(height, width, plan),
-                on_step_end=on_step_end,
+                denoise, latents, scheduler, plan,
+                windows_per_batch=self._windows_per_batch(height, width, plan, process_group), on_step_end=on_step_end,
                 on_out_of_memory=partial(self._lower_batch_limit, (height, width, plan.window_size)),
+                process_group=process_group,
             )
 
-        # 6. Decode
+        # 6. Decode (each rank its share of the chunks, then gathered)
         if output_type == "np":
-            latents = np.concatenate(list(self.decode_latents(latents, decode_chunk_size)))
+            chunks = list(self.decode_latents(latents, decode_chunk_size, process_group=process_group))
+            latents = np.concatenate(chunks) if chunks else np.zeros((0, height, width, 3), np.float32)
+            if process_group is not None:
+                latents = _gather_frames(latents, plan.num_frames, decode_chunk_size, process_group)
         self.maybe_free_model_hooks()
         return latents
+
+    def _windows_per_batch(self, height: int, width: int, plan: WindowPlan, process_group) -> int:
+        """`batch_plan`, agreed over the ranks of `process_group` (the smallest wins)."""
+        if process_group is None:
+            return self.batch_plan(height, width, plan)
+        planned = self.batch_plan(height, width, plan, world_size=rank_and_size(process_group)[1])
+        return agree_on_minimum(planned, process_group, self._execution_device)
+
+
+def _gather_frames(mine: np.ndarray, num_frames: int, decode_chunk_size: int, process_group) -> np.ndarray:
+    """Every rank's decoded frames (`decode_frames`), gathered on every rank in frame order.
+
+    Shapes: this rank's `(n, H, W, 3)` -> `(num_frames, H, W, 3)`.
+    """
+    world_size = rank_and_size(process_group)[1]
+    frame_shape = mine.shape[1:]
+    per_frame = int(np.prod(frame_shape))
+    sizes = [len(decode_frames(num_frames, decode_chunk_size, world_size, r)) * per_frame for r in range(world_size)]
+    parts = all_gather_uneven(torch.from_numpy(np.ascontiguousarray(mine).reshape(-1)), sizes, process_group)
+    return torch.cat(parts).view(num_frames, *frame_shape).numpy()
 
 
 def _variant(weights: Path) -> str | None:

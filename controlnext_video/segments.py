@@ -21,6 +21,8 @@ from functools import cached_property, partial
 import numpy as np
 import torch
 
+from .distributed import decode_frames, rank_and_size
+
 # The reference pose frame's noise index: driving frame i uses index i + 1.
 REFERENCE_FRAME_INDEX = 0
 
@@ -160,6 +162,7 @@ def render_segment(
     seed: int,
     decode_chunk_size: int,
     callback: Callable[[int, int], None] | None = None,
+    process_group=None,
     **pipe_kwargs,
 ):
     """Render one segment and yield `(driving frame index, uint8 frame (H, W, 3))` in order.
@@ -169,6 +172,9 @@ def render_segment(
     Frames are decoded and yielded chunk by chunk, so a caller can write them as they come.
     `callback(step, total_steps)` reports denoising progress after every step (1-based); it may
     raise to stop the render. Other keyword arguments go to the pipeline call.
+    With `process_group` (one process per GPU, all calling with the same arguments), the
+    segment is denoised over the ranks and each rank yields only the frames it decodes (its
+    run of whole decode chunks): together, the frames of one process, bit for bit.
     """
     if len(poses) != segment.length + 1:
         raise ValueError(
@@ -183,9 +189,11 @@ def render_segment(
             raise ValueError("give callback or callback_on_step_end, not both")
         pipe_kwargs["callback_on_step_end"] = partial(_report_step, callback)
     final = pipe(reference, poses, latents=latents, output_type="latent", generator=torch.Generator().manual_seed(seed),
-                 decode_chunk_size=decode_chunk_size, **pipe_kwargs)
-    index = -1
-    for chunk in pipe.decode_latents(final, decode_chunk_size):
+                 decode_chunk_size=decode_chunk_size, process_group=process_group, **pipe_kwargs)
+    mine = range(len(poses)) if process_group is None else \
+        decode_frames(len(poses), decode_chunk_size, *reversed(rank_and_size(process_group)))
+    index = mine.start - 1
+    for chunk in pipe.decode_latents(final, decode_chunk_size, process_group=process_group):
         for frame in chunk:
             if index >= 0:
                 yield segment.start + index, np.round(frame * 255).astype(np.uint8)

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+# Frames per GPU of an automatic segment length: a segment fused over G GPUs gets about G times
+# this many frames, so it takes about as long as a one-GPU segment of this length.
+AUTO_FRAMES_PER_GPU = 72
+
 
 @dataclass(frozen=True)
 class Window:
@@ -74,3 +78,19 @@ def plan_windows(num_frames: int, window_size: int, overlap: int) -> WindowPlan:
     stride = size - overlap
     starts = [min(s, num_frames - size) for s in range(0, num_frames - overlap, stride)]
     return WindowPlan(num_frames, size, overlap, tuple(Window(s, s + size) for s in starts))
+
+
+def auto_segment_length(window_size: int, overlap: int, gpus: int, frames_per_gpu: int = AUTO_FRAMES_PER_GPU) -> int:
+    """A segment length for segments fused over `gpus` GPUs: about `frames_per_gpu * gpus`
+    frames, made so that a segment's windows (its frames plus the reference pose frame) number a
+    multiple of `gpus`, so that no GPU idles in any step (speed-up cap W / ceil(W / G) = G).
+    """
+    if gpus < 1 or frames_per_gpu < 1:
+        raise ValueError(f"gpus and frames_per_gpu must be at least 1, got {gpus} and {frames_per_gpu}")
+    if not 0 < overlap < window_size:
+        raise ValueError(f"overlap must be in (0, window_size={window_size}), got {overlap}")
+    stride = window_size - overlap
+    target = len(plan_windows(frames_per_gpu * gpus + 1, window_size, overlap).windows)
+    windows = gpus * max(1, round(target / gpus))
+    # the most pipeline frames that `windows` windows cover, less the reference pose frame
+    return overlap + windows * stride - 1

@@ -337,22 +337,39 @@ def setup_cluster_command(
 @app.command("worker")
 def worker_command(
     pool: Annotated[str, typer.Option(help="Work pool: gpu (segments) or cpu (jobs and inbox).")] = "gpu",
-    gpu: Annotated[int | None, typer.Option(help="GPU index this worker owns (sets CUDA_VISIBLE_DEVICES).")] = None,
-    name: Annotated[str | None, typer.Option(help="Worker name (default: host-pool[-gpuN]).")] = None,
-    limit: Annotated[int, typer.Option(help="Runs at once (keep 1 per GPU).")] = 1,
+    gpus: Annotated[str | None, typer.Option(
+        "--gpus", "--gpu",
+        help="GPU indices this worker owns, e.g. 0 or 0,1,2,3 (sets CUDA_VISIBLE_DEVICES). With several, each "
+             "segment run uses them together: one process per GPU, fused at every step (up to the request's "
+             "gpus_per_segment). Without CUDA, CPU processes stand in for them.")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker name (default: host-pool[-gpuN[-M...]]).")] = None,
+    limit: Annotated[int, typer.Option(help="Runs at once (keep 1 per GPU, or per GPU set).")] = 1,
     healthcheck: Annotated[bool, typer.Option(help="Serve /health on port 8080 (for container healthchecks).")] = False,
 ) -> None:
-    """Start a Prefect process worker; on a GPU machine run one per GPU with --gpu N."""
+    """Start a Prefect process worker; on a GPU machine run one per GPU (--gpus N), or one owning
+    several GPUs that render each segment together (--gpus 0,1,2,3)."""
     import os
     import socket
 
-    name = name or f"{socket.gethostname()}-{pool}" + (f"-gpu{gpu}" if gpu is not None else "")
+    indices = _gpu_list(gpus)
+    name = name or f"{socket.gethostname()}-{pool}" + (f"-gpu{'-'.join(indices)}" if indices else "")
     env = dict(os.environ, WORKER_ID=name)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if indices:
+        env.update(CUDA_VISIBLE_DEVICES=",".join(indices), CONTROLNEXT_GPUS=",".join(indices))
     args = [prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit),
             "--type", "process"] + (["--with-healthcheck"] if healthcheck else [])
     os.execve(args[0], args, env)
+
+
+def _gpu_list(text: str | None) -> list[str]:
+    """`0,1,2` as ["0", "1", "2"]: distinct non-negative integers."""
+    if text is None:
+        return []
+    indices = [part.strip() for part in text.split(",")]
+    if not all(i.isdigit() for i in indices) or len(set(indices)) != len(indices):
+        raise typer.BadParameter(f"{text!r}: give distinct GPU indices separated by commas (0 or 0,1,2,3)",
+                                 param_hint="--gpus")
+    return indices
 
 
 jobs_app = typer.Typer(help="List the jobs of an artifact store and delete old ones.", no_args_is_help=True)

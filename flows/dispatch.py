@@ -56,13 +56,18 @@ class Dispatcher(Protocol):
 
 @dataclass
 class LocalDispatcher:
-    """Runs `render(segments, attempt)` right away in this process; errors fail the run."""
+    """Runs `render(segments, attempt)` right away in this process; errors fail the run, a
+    Crashed run (its GPU processes lost) is resubmitted."""
 
     render: Callable[[tuple[int, ...], int], None]
 
     def submit(self, segments: tuple[int, ...], attempt: int) -> SegmentRun:
+        from prefect.exceptions import CrashedRun
+
         try:
             self.render(segments, attempt)
+        except CrashedRun as exc:  # lost GPU processes (a multi-GPU run): resubmitted
+            return SegmentRun(segments, attempt, "crashed", str(exc))
         except Exception as exc:  # the segment's own error: reported, not retried
             return SegmentRun(segments, attempt, "failed", f"{type(exc).__name__}: {exc}")
         return SegmentRun(segments, attempt, "completed")

@@ -111,11 +111,12 @@ class LocalCluster:
             env=self.env, cwd=PROJECT_DIR, check=True, capture_output=True, timeout=300,
         )
 
-    def start_worker(self, pool: str, name: str, **extra_env) -> subprocess.Popen:
-        """A process worker (limit 1) in its own process group."""
+    def start_worker(self, pool: str, name: str, *args: str, **extra_env) -> subprocess.Popen:
+        """A process worker (limit 1) in its own process group; `args` are more `worker` options
+        (`--gpus 0,1`)."""
         log = open(self.logs / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--pool", pool, "--name", name],
+            [sys.executable, "-m", "flows.cli", "worker", "--pool", pool, "--name", name, *args],
             env=dict(self.env, **extra_env), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

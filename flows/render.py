@@ -115,6 +115,8 @@ def render_segments(request: RenderRequest, job_id: str, segments: list[list[int
         per_run = segments_per_run(request.segments_per_run, len(segments), request.max_in_flight)
         logger.info("%s segments, %s per render-segment run, at most %s runs in flight",
                     len(segments), per_run, request.max_in_flight)
+    if request.gpus_per_segment > 1:
+        logger.info(stages.window_balance(job, stages.load_plan(job), request.gpus_per_segment))
     return drive_segments(
         [s[0] for s in segments], dispatcher, is_done=lambda k: stages.segment_done(job, k),
         max_in_flight=request.max_in_flight, max_attempts=request.max_attempts, per_run=per_run,

@@ -21,6 +21,15 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def gpus_text(record: dict) -> str:
+    """The processes that rendered a segment together: `1`, `2 × NVIDIA H100 80GB HBM3`, or a list."""
+    devices = record.get("devices") or []
+    if len(devices) < 2:
+        return "1"
+    kinds = sorted(set(devices))
+    return f"{len(devices)} × {kinds[0]}" if len(kinds) == 1 else ", ".join(devices)
+
+
 def _missing_poses(missing: list[int], total: int) -> str:
     if not missing:
         return "Every output frame has a pose."
@@ -37,7 +46,7 @@ def report_markdown(job: JobContext, summary: dict) -> str:
         record = store.read_json(layout.segment_record(index))
         segment_rows.append([index, f"{start}-{stop - 1}", record.get("worker", "?"),
                              summary["attempts"].get(index, summary["attempts"].get(str(index), 0)),
-                             record.get("load_seconds", "?"), record.get("render_seconds", "?")])
+                             gpus_text(record), record.get("load_seconds", "?"), record.get("render_seconds", "?")])
     settings = request.model_dump(exclude={"reference", "driving", "store", "output"})
     parts = [
         f"# Render {summary['job_id']}",
@@ -56,7 +65,7 @@ def report_markdown(job: JobContext, summary: dict) -> str:
         "## Timings",
         _table(["stage", "seconds"], [[k, v] for k, v in summary["timings"].items()]),
         "## Segments",
-        _table(["segment", "frames", "worker", "attempts", "load s", "render s"], segment_rows),
+        _table(["segment", "frames", "worker", "attempts", "GPUs", "load s", "render s"], segment_rows),
         "## Outputs",
         _table(["what", "where"], [
             ["video", store.url(encoded["output_key"])],

@@ -64,7 +64,11 @@ class RenderRequest(BaseModel):
     max_gap: int = Field(4, ge=0, le=1000, description="Longest run of frames without a detected pose (in sampled "
                                                        "frames) that is interpolated; longer gaps stay empty.")
 
-    segment_length: int = Field(72, ge=2, le=2000, description="Frames per segment (one GPU job each).")
+    segment_length: int = Field(
+        72, ge=0, le=2000,
+        description="Frames per segment (one segment run each, on one GPU or fused over several). 0: auto, about "
+                    "72 frames per GPU of gpus_per_segment (1 when that is 0), with a window count that divides "
+                    "over the GPUs.")
     segment_overlap: int = Field(8, ge=0, le=1999, description="Frames shared and cross-faded between segments.")
     dispatch: Literal["local", "deployment"] = Field(
         "local", description="local: render segments in this process; deployment: fan out to GPU workers.")
@@ -76,6 +80,16 @@ class RenderRequest(BaseModel):
         description="Segments one render-segment run renders in turn, loading the model once (a render farm's "
                     "chunk size). 0: auto, the job spread evenly over max_in_flight runs, at most 4 per run.")
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per segment when a worker crashes or is lost.")
+    gpus_per_segment: int = Field(
+        0, ge=0, le=64,
+        description="GPUs of the worker that render one segment together, fused at every denoising step (the "
+                    "same pictures as one GPU, faster): at most this many of the worker's GPUs (worker --gpus). "
+                    "0: all of them.")
+    rank_timeout: float = Field(
+        60.0, ge=5.0, le=3600.0,
+        description="Seconds a GPU process of a multi-GPU segment run waits for the others at a denoising step "
+                    "before the run fails (a dead or hung GPU process); its segments are then resubmitted. With "
+                    "compile, the first step compiles on every GPU: allow for it.")
 
     output_format: Literal["mp4", "prores", "png"] = Field(
         "mp4", description="H.264 MP4, ProRes 422 HQ MOV, or a PNG sequence.")
@@ -98,15 +112,26 @@ class RenderRequest(BaseModel):
     def _check(self) -> "RenderRequest":
         if self.overlap >= self.window:
             raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
-        if self.segment_overlap >= self.segment_length:
+        if self.segment_length == 1:
+            raise ValueError("segment_length must be at least 2 (or 0: auto)")
+        if self.segment_overlap >= self.planned_segment_length():
             raise ValueError(
-                f"segment_overlap ({self.segment_overlap}) must be smaller than segment_length ({self.segment_length})"
+                f"segment_overlap ({self.segment_overlap}) must be smaller than segment_length "
+                f"({self.planned_segment_length()}{' planned automatically' if not self.segment_length else ''})"
             )
         if self.pose_backend == "dwpose" and not self.dwpose_models:
             raise ValueError("pose_backend 'dwpose' needs dwpose_models: a folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
         if self.align != "retarget" and self.root_motion != "body":
             raise ValueError(f"root_motion applies to align 'retarget' only, not {self.align!r}")
         return self
+
+    def planned_segment_length(self) -> int:
+        """`segment_length`, or (0) the automatic one for `gpus_per_segment` GPUs (1 when 0)."""
+        from controlnext_video.windows import auto_segment_length
+
+        if self.segment_length:
+            return self.segment_length
+        return auto_segment_length(self.window, self.overlap, self.gpus_per_segment or 1)
 
     @classmethod
     def from_stored(cls, data: dict) -> "RenderRequest":
@@ -127,12 +152,13 @@ class RenderRequest(BaseModel):
     # Settings that do not change the pictures: where the job goes, how it is dispatched and run.
     NON_PIXEL_FIELDS: ClassVar[frozenset[str]] = frozenset({
         "job_id", "output", "dispatch", "segment_deployment", "priority", "max_in_flight", "segments_per_run",
-        "max_attempts", "store", "gpu_memory_gib", "compile", "channels_last",
+        "max_attempts", "store", "gpu_memory_gib", "compile", "channels_last", "gpus_per_segment", "rank_timeout",
     })
 
     def pixel_settings(self) -> dict:
-        """The settings that decide the pictures (part of the job's identity)."""
-        return self.model_dump(exclude=set(self.NON_PIXEL_FIELDS))
+        """The settings that decide the pictures (part of the job's identity); an automatic
+        segment length counts as the length it plans."""
+        return dict(self.model_dump(exclude=set(self.NON_PIXEL_FIELDS)), segment_length=self.planned_segment_length())
 
 
 class FinetuneRequest(BaseModel):

@@ -6,40 +6,24 @@ given several segments pays for loading once). For each segment the flow writes 
 its record (atomically): a segment whose record exists is done and is never rendered again. It
 reports per-step progress. Liveness and cancellation are Prefect's (see `flows.dispatch`): the run
 sends flow-run heartbeats, and the server cancels it when its job is cancelled.
+
+On a worker that owns several GPUs (`worker --gpus`), the run renders each segment with one
+process per GPU fused at every step (`flows.ranks`, up to the request's `gpus_per_segment`); a
+run whose GPU processes were lost ends Crashed, so the job resubmits its unfinished segments.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 from prefect import flow, get_run_logger
+from prefect.states import Crashed
 
 from . import interrupt
 from .progress import ProgressReporter
-from .stages import JobContext, render_segment_frames, segment_done, write_segment_record
-
-_pipelines: dict[tuple, object] = {}
-_pipelines_lock = threading.Lock()
-
-
-def get_pipeline(model: str, device: str, dtype: str, compile: bool = False, channels_last: bool = False):
-    """The pipeline for these settings, loaded on first use and kept for the process."""
-    from controlnext_video import ControlNeXtSVDPipeline
-    from controlnext_video.placement import resolve_device, resolve_dtype
-
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    key = (model, device, str(torch_dtype), compile, channels_last)
-    with _pipelines_lock:
-        if key not in _pipelines:
-            pipe = ControlNeXtSVDPipeline.from_pretrained(model, torch_dtype=torch_dtype, device=device)
-            if channels_last:
-                pipe.enable_channels_last()
-            if compile:
-                pipe.compile()
-            _pipelines[key] = pipe
-        return _pipelines[key]
+from .ranks import RanksLost, launch_ranks, segment_gpus
+from .stages import (JobContext, get_pipeline, load_plan, render_segment_frames, segment_done, segment_record,
+                     window_balance, write_segment_record)
 
 
 def _run_name() -> str:
@@ -58,11 +42,43 @@ def render_segment(store: str, job_id: str, segments: list[int], attempt: int = 
     if not segments:
         raise ValueError("render-segment needs at least one segment index")
     with interrupt.inside_flow_run():
+        job = JobContext.open(store, job_id)
+        gpus = segment_gpus(job.request.gpus_per_segment, job.env.gpus)
+        if len(gpus) > 1:
+            return _render_on_gpus(store, job, segments, attempt, gpus)
         records = []
         for segment in segments:
             interrupt.check()
             records.append(_render_one(JobContext.open(store, job_id), segment, attempt))
         return records
+
+
+def _render_on_gpus(store: str, job: JobContext, segments: list[int], attempt: int, gpus: tuple[str, ...]):
+    """Render the segments with one process per GPU; the records, or a Crashed state when GPU
+    processes were lost (the job then resubmits the unfinished segments)."""
+    logger = get_run_logger()
+    if all(segment_done(job, s) for s in segments):
+        logger.info("segments %s of %s already rendered: nothing to do", segments, job.layout.job_id)
+        return [job.store.read_json(job.layout.segment_record(s)) for s in segments]
+    logger.info("segments %s on %s GPUs (%s), fused at every step: %s", segments, len(gpus), ",".join(gpus),
+                window_balance(job, load_plan(job), len(gpus)))
+    reporters: dict[int, ProgressReporter] = {}
+
+    def on_step(segment: int, step: int, total: int) -> None:
+        if segment not in reporters:
+            reporters[segment] = ProgressReporter(f"{job.layout.job_id}-segment-{segment}",
+                                                  f"segment {segment}: denoising on {len(gpus)} GPUs")
+        reporters[segment].update(step / total, f"segment {segment}: step {step}/{total} on {len(gpus)} GPUs")
+
+    try:
+        records = launch_ranks(store, job, segments, attempt, gpus, on_step, interrupt.check)
+    except RanksLost as exc:
+        logger.error("%s", exc)
+        return Crashed(message=str(exc).split("\n", 1)[0])
+    for record in records:
+        logger.info("segment %s: %s frames in %.1f s on %s GPUs of %s", record["segment"], len(record["frames"]),
+                    record["render_seconds"], record.get("gpus", 1), record["worker"])
+    return records
 
 
 def _render_one(job: JobContext, segment: int, attempt: int) -> dict:
@@ -82,10 +98,8 @@ def _render_one(job: JobContext, segment: int, attempt: int) -> dict:
         reporter.update(step / total, f"segment {segment}: step {step}/{total}")
 
     frames = render_segment_frames(job, segment, pipe, on_step=on_step)
-    worker = job.env.worker_id
-    record = dict(segment=segment, job_id=job.layout.job_id, attempt=attempt, worker=worker, frames=frames,
-                  load_seconds=round(loaded - started, 3), render_seconds=round(time.time() - loaded, 3),
-                  finished_at=time.time())
+    record = segment_record(job, segment, attempt, frames, load_seconds=loaded - started,
+                            render_seconds=time.time() - loaded)
     write_segment_record(job, segment, record)
-    logger.info("segment %s: %s frames in %.1f s on %s", segment, len(frames), time.time() - started, worker)
+    logger.info("segment %s: %s frames in %.1f s on %s", segment, len(frames), time.time() - started, record["worker"])
     return record

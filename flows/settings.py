@@ -8,6 +8,7 @@
 | `CONTROLNEXT_PROJECT_DIR` | project folder on the workers (deployments' working directory) | `.` |
 | `CONTROLNEXT_WORK_DIR` | local scratch for files tools need on disk | `<tmp>/controlnext-video` |
 | `WORKER_ID` | this worker's name in segment records | `<host>:<pid>` |
+| `CONTROLNEXT_GPUS` | the GPUs this worker owns (`0,1,2,3`; set by `worker --gpus`): a segment run uses them together | none: one process |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Environment:
     project_dir: str
     work_dir: Path
     worker_id: str
+    gpus: tuple[str, ...] = ()
 
     @classmethod
     def read(cls) -> "Environment":
@@ -38,6 +40,7 @@ class Environment:
             project_dir=env.get("CONTROLNEXT_PROJECT_DIR") or ".",
             work_dir=Path(env.get("CONTROLNEXT_WORK_DIR") or Path(tempfile.gettempdir()) / "controlnext-video"),
             worker_id=env.get("WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            gpus=tuple(g.strip() for g in (env.get("CONTROLNEXT_GPUS") or "").split(",") if g.strip()),
         )
 
     def scratch(self, *parts: str) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -266,14 +268,48 @@ def _put_file(job: JobContext, key: str, write: Callable[[Path], object]) -> Non
 
 # --------------------------------------------------------------------------- plan and segments
 
+_pipelines: dict[tuple, object] = {}
+_pipelines_lock = threading.Lock()
+
+
+def get_pipeline(model: str, device: str, dtype: str, compile: bool = False, channels_last: bool = False):
+    """The pipeline for these settings, loaded on first use and kept for the process."""
+    from controlnext_video import ControlNeXtSVDPipeline
+    from controlnext_video.placement import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    key = (model, device, str(torch_dtype), compile, channels_last)
+    with _pipelines_lock:
+        if key not in _pipelines:
+            pipe = ControlNeXtSVDPipeline.from_pretrained(model, torch_dtype=torch_dtype, device=device)
+            if channels_last:
+                pipe.enable_channels_last()
+            if compile:
+                pipe.compile()
+            _pipelines[key] = pipe
+        return _pipelines[key]
+
 
 def plan(job: JobContext, num_frames: int) -> SegmentPlan:
     request = job.request
-    segment_plan = plan_segments(num_frames, request.segment_length, request.segment_overlap)
+    length = request.planned_segment_length()
+    segment_plan = plan_segments(num_frames, length, request.segment_overlap)
     job.store.write_json(job.layout.plan, dict(
-        num_frames=num_frames, segment_length=request.segment_length, segment_overlap=request.segment_overlap,
+        num_frames=num_frames, segment_length=length, segment_overlap=request.segment_overlap,
         segments=[[s.index, s.start, s.stop] for s in segment_plan.segments]))
     return segment_plan
+
+
+def window_balance(job: JobContext, segment_plan: SegmentPlan, gpus: int) -> str:
+    """What fusing a segment over `gpus` GPUs can gain: its windows and the speed-up cap."""
+    from controlnext_video.distributed import speedup_cap
+    from controlnext_video.windows import plan_windows
+
+    request, longest = job.request, max(s.length for s in segment_plan.segments)
+    windows = len(plan_windows(longest + 1, request.window, request.overlap).windows)
+    return (f"segments of up to {longest} frames have {windows} windows: on {gpus} GPU(s) each, at most "
+            f"{speedup_cap(windows, gpus):.2f}x one GPU's speed (W / ceil(W / G))")
 
 
 def load_plan(job: JobContext) -> SegmentPlan:
@@ -285,8 +321,9 @@ def segment_done(job: JobContext, index: int) -> bool:
     return job.store.exists(job.layout.segment_record(index))
 
 
-def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None) -> list[dict]:
-    """Render segment `index` and write its frames (PNG) as they are decoded; returns frame records."""
+def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None, process_group=None) -> list[dict]:
+    """Render segment `index` and write its frames (PNG) as they are decoded; returns frame records.
+    With `process_group` (one process per GPU), this rank's frames only."""
     from pose.render import render_pose
 
     from controlnext_video.segments import render_segment
@@ -303,10 +340,19 @@ def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None) ->
         decode_chunk_size=request.decode_chunk_size, callback=on_step, num_inference_steps=request.steps,
         min_guidance_scale=request.guidance_min, max_guidance_scale=request.guidance_max,
         window_size=request.window, overlap=request.overlap, control_scale=request.control_scale,
+        process_group=process_group,
     ):
         ref = store.write_bytes(layout.segment_frame(index, frame_index), encode_png(frame))
         frames.append(dict(frame=frame_index, sha256=ref.sha256))
     return frames
+
+
+def segment_record(job: JobContext, index: int, attempt: int, frames: list[dict], *, load_seconds: float,
+                   render_seconds: float, **extra) -> dict:
+    """A segment's record: its frames (with checksums), where, which attempt, how long."""
+    return dict(segment=index, job_id=job.layout.job_id, attempt=attempt, worker=job.env.worker_id, frames=frames,
+                load_seconds=round(load_seconds, 3), render_seconds=round(render_seconds, 3), finished_at=time.time(),
+                **extra)
 
 
 def write_segment_record(job: JobContext, index: int, record: dict) -> None:

@@ -48,7 +48,7 @@ def test_compose_file_validates(tmp_path):
                             capture_output=True, text=True, cwd=DOCKER)
     assert result.returncode == 0, result.stderr
     rendered = yaml.safe_load(result.stdout)
-    assert {"postgres", "object-store", "prefect-server", "setup", "cpu-worker", "gpu-worker-0"} <= set(rendered["services"])
+    assert {"postgres", "object-store", "prefect-server", "setup", "cpu-worker", "gpu-worker"} <= set(rendered["services"])
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

@@ -7,7 +7,7 @@ import torch
 
 
 def test_pipeline_options_are_applied_and_cached_per_setting(tiny_model):
-    from flows.segment import _pipelines, get_pipeline
+    from flows.stages import _pipelines, get_pipeline
 
     plain = get_pipeline(str(tiny_model), "cpu", "float32")
     assert get_pipeline(str(tiny_model), "cpu", "float32") is plain  # loaded once per process
