@@ -4,7 +4,7 @@ picks it up.
 The pipeline is loaded once per process and reused by every segment that process renders (a run
 given several segments pays for loading once). For each segment the flow writes its frames and then
 its record (atomically): a segment whose record exists is done and is never rendered again. It
-reports per-step progress. Liveness and cancellation are Prefect's (see `flows.dispatch`): the run
+reports per-step progress to its job (`flows.progress.SegmentSteps`). Liveness and cancellation are Prefect's (see `flows.dispatch`): the run
 sends flow-run heartbeats, and the server cancels it when its job is cancelled.
 """
 
@@ -16,7 +16,7 @@ import time
 from prefect import flow, get_run_logger
 
 from . import interrupt
-from .progress import ProgressReporter
+from .progress import SegmentSteps
 from .stages import JobContext, render_segment_frames, segment_done, write_segment_record
 
 _pipelines: dict[tuple, object] = {}
@@ -75,11 +75,11 @@ def _render_one(job: JobContext, segment: int, attempt: int) -> dict:
     pipe.set_memory_limit(request.gpu_memory_gib or None)
     interrupt.check()  # a stop requested while loading (a signal there can be swallowed)
     loaded = time.time()
-    reporter = ProgressReporter(f"{job.layout.job_id}-segment-{segment}", f"segment {segment}: denoising")
+    steps = SegmentSteps(job.store, job.layout.segment_progress(segment), job.layout.job_id, segment)
 
     def on_step(step: int, total: int) -> None:
         interrupt.check()
-        reporter.update(step / total, f"segment {segment}: step {step}/{total}")
+        steps.update(step, total)
 
     frames = render_segment_frames(job, segment, pipe, on_step=on_step)
     worker = job.env.worker_id

@@ -7,6 +7,7 @@
 | `CONTROLNEXT_INBOX` | inbox root for the scheduled inbox deployment | `inbox` |
 | `CONTROLNEXT_PROJECT_DIR` | project folder on the workers (deployments' working directory) | `.` |
 | `CONTROLNEXT_WORK_DIR` | local scratch for files tools need on disk | `<tmp>/controlnext-video` |
+| `CONTROLNEXT_LINK_ENDPOINT` | the object store's address as people's browsers reach it, for the report's download links | the workers' own (`AWS_ENDPOINT_URL`) |
 | `WORKER_ID` | this worker's name in segment records | `<host>:<pid>` |
 """
 
@@ -27,6 +28,7 @@ class Environment:
     project_dir: str
     work_dir: Path
     worker_id: str
+    link_endpoint: str
 
     @classmethod
     def read(cls) -> "Environment":
@@ -38,6 +40,7 @@ class Environment:
             project_dir=env.get("CONTROLNEXT_PROJECT_DIR") or ".",
             work_dir=Path(env.get("CONTROLNEXT_WORK_DIR") or Path(tempfile.gettempdir()) / "controlnext-video"),
             worker_id=env.get("WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            link_endpoint=env.get("CONTROLNEXT_LINK_ENDPOINT") or "",
         )
 
     def scratch(self, *parts: str) -> Path:

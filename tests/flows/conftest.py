@@ -66,13 +66,28 @@ def small_request(reference, driving, model, store, **overrides):
 
 
 @pytest.fixture(scope="session")
-def local_job(prefect_server, tiny_model, clip_inputs, tmp_path_factory):
+def local_job_progress() -> list[tuple[str, float, str]]:
+    """Every update of the progress bars during `local_job` (key, fraction done, text)."""
+    return []
+
+
+@pytest.fixture(scope="session")
+def local_job(prefect_server, tiny_model, clip_inputs, tmp_path_factory, local_job_progress):
     """One job rendered in-process (segments in this process), shared by the tests that need it."""
+    from flows.progress import add_listener, remove_listener
     from flows.render import render
 
     reference, driving = clip_inputs
     out = tmp_path_factory.mktemp("local-job")
     request = small_request(reference, driving, tiny_model, out / "store", output=str(out / "result.mp4"))
-    state = render(request, return_state=True)
+
+    def listener(key: str, fraction: float, text: str) -> None:
+        local_job_progress.append((key, fraction, text))
+
+    add_listener(listener)
+    try:
+        state = render(request, return_state=True)
+    finally:
+        remove_listener(listener)
     assert state.is_completed(), state.message
     return request, state.result(), out
