@@ -110,7 +110,7 @@ def test_stack_runs_a_job_end_to_end(postgres, object_store, tiny_model, clip_in
             cluster.start_worker("gpu", "stack-gpu-0")
             request = small_request(inputs.url("actor.png"), inputs.url("dance.mp4"), tiny_model, store_url,
                                     dispatch="deployment", output=f"s3://{BUCKET}/delivered/dance-actor.mp4")
-            run = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+            run = run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0)
             deadline = time.monotonic() + JOB_TIMEOUT
             with get_client(sync_client=True) as client:
                 while not (state := client.read_flow_run(run.id).state).is_final():
