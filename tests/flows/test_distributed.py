@@ -227,6 +227,42 @@ def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model,
     assert records and {(r["attempt"], r["worker"]) for r in records} == {(2, second)}
 
 
+# Prefect marks a run Late once it is this many seconds past its start (15 s) and its service looked (every 5 s).
+LATE_AFTER = 20
+
+
+def test_two_jobs_start_at_once_and_queued_segments_are_never_late(cluster, tiny_model, clip_inputs, tmp_path):
+    """Two jobs submitted together run at once on the one cpu worker; their segment runs wait for the
+    two GPU workers in the Queued state, never Late, and are named after their job, segment and try."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    server, _ = cluster
+    reference, driving = clip_inputs
+    jobs = [f"pair-{seed}-{uuid.uuid4().hex[:6]}" for seed in (1, 2)]
+    requests = [small_request(reference, driving, tiny_model, str(tmp_path / "store"), seed=seed, steps=6,
+                              segments_per_run=1, job_id=job) for seed, job in zip((1, 2), jobs)]
+    parents = [run_deployment("render/farm", parameters={"request": r.model_dump()}, timeout=0) for r in requests]
+    deadline = time.monotonic() + JOB_TIMEOUT
+    with get_client(sync_client=True) as client:
+        while not all((state := client.read_flow_run(p.id).state).is_running() for p in parents):
+            assert not state.is_final() and time.monotonic() < deadline, f"{state}\n{server.log_tail()}"
+            time.sleep(0.5)
+    finals = [wait_for(p.id) for p in parents]
+    assert all(f.state.is_completed() for f in finals), f"{[f.state for f in finals]}\n{server.log_tail()}"
+    assert [f.name for f in finals] == [f"render-driving-{job}-run-1" for job in jobs]
+
+    segment_runs = [run for job in jobs for run in runs_of_job(job)]
+    waits = [(run.start_time - run.created).total_seconds() for run in segment_runs]
+    assert max(waits) > LATE_AFTER, waits  # some waited long enough to be marked Late, were they Scheduled
+    with get_client(sync_client=True) as client:
+        histories = {run.name: [s.name for s in client.read_flow_run_states(run.id)] for run in segment_runs}
+    assert all(history[:2] == ["Queued", "Pending"] and "Late" not in history for history in histories.values()), \
+        histories
+    expected = {f"{job}-segment-{k}-try-1" for job in jobs for k in range(len(segment_runs) // 2)}
+    assert set(histories) == expected
+
+
 def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, tmp_path):
     from prefect import get_client
     from prefect.deployments import run_deployment
