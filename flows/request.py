@@ -75,12 +75,11 @@ def _smaller_than(properties: dict, smaller: str, larger: str) -> list[dict]:
 
 
 class RenderRequest(BaseModel):
-    """Everything a render needs: inputs, output, model, generation settings, then advanced settings.
+    """A render: the reference image and the driving clip (required), where the result goes, the
+    model, then the generation settings and, last, the advanced ones."""
 
-    The fields are declared in the order a person fills them in; the UI form shows them in this
-    order (`render_form_schema` gives every field its position) and enforces the cross-field rules too.
-    """
-
+    # The docstring is the UI form's heading. Fields are declared in the order a person fills them
+    # in; `render_form_schema` gives the form that order and the cross-field rules.
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=render_form_schema)
 
     # inputs and output
