@@ -24,7 +24,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 # Everything that needs no GPU: also the end-to-end tests across processes (a Prefect server,
-# process workers, CLI subprocesses) and the heavy computations. What CI runs.
+# process workers, CLI subprocesses), the heavy computations and the browser test (the Prefect UI
+# in headless Chromium). What CI runs.
 test-all: setup
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 

@@ -277,6 +277,9 @@ def _run_finetune(request) -> dict:
 # Studio priority tiers: work queues of both pools, 1 is served first.
 PRIORITY_QUEUES = {"rush": 1, "default": 5, "batch": 10}
 WORK_POOLS = ("cpu", "gpu")
+# Render jobs the cpu pool runs at once by default: a job mostly waits for its segments on the GPUs.
+DEFAULT_CPU_JOBS = 8
+DEPLOYMENTS = ("render/farm", "render-segment/gpu", "finetune/gpu", "inbox/submissions")
 
 
 @app.command("serve")
@@ -291,18 +294,21 @@ def serve_command(
     os.execv(prefect, [prefect, "server", "start", "--host", host, "--port", str(port)])
 
 
-def create_pools_and_queues() -> None:
-    """The `cpu` and `gpu` process work pools, each with the rush/default/batch priority queues."""
+def create_pools_and_queues(cpu_jobs: int = DEFAULT_CPU_JOBS) -> None:
+    """The `cpu` and `gpu` process work pools, each with the rush/default/batch priority queues;
+    the cpu pool runs at most `cpu_jobs` runs at once (the gpu pool: one per worker, each worker
+    owning a GPU)."""
     from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     with get_client(sync_client=True) as client:
         for pool in WORK_POOLS:
+            limit = cpu_jobs if pool == "cpu" else None
             try:
-                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process", concurrency_limit=limit))
             except ObjectAlreadyExists:
-                pass
+                client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
             for queue, priority in PRIORITY_QUEUES.items():
                 try:
                     existing = client.read_work_queue_by_name(queue, work_pool_name=pool)
@@ -311,27 +317,43 @@ def create_pools_and_queues() -> None:
                     client.create_work_queue(name=queue, work_pool_name=pool, priority=priority)
 
 
+def _on_workers(location: str, project_dir: Path) -> str:
+    """A store or model location as the workers see it: URLs as they are, relative paths from the
+    project folder (the deployments' working directory)."""
+    return location if "://" in location else str((project_dir / location).resolve())
+
+
 @app.command("setup-cluster")
 def setup_cluster_command(
-    inbox: Annotated[str, typer.Option(help="Inbox root (folder or s3:// URL) for the scheduled inbox flow.")] = "inbox",
+    inbox: Annotated[str, typer.Option(help="Inbox root (folder or s3:// URL) of the inbox deployment.")] = "inbox",
     project_dir: Annotated[Path, typer.Option(help="Project folder on the workers.")] = Path("."),
+    cpu_jobs: Annotated[int, typer.Option(
+        min=1, help="Runs the cpu pool runs at once (render jobs and the inbox): jobs mostly wait for the "
+                    "GPUs, so many share a CPU worker.")] = DEFAULT_CPU_JOBS,
     lost_after: Annotated[float, typer.Option(
         help="Seconds without a heartbeat after which a claimed or running segment run is marked Crashed "
              "(its unfinished segments then go to another worker); at least 90.")] = DEFAULT_LOST_AFTER_SECONDS,
 ) -> None:
-    """Create the work pools, priority queues, deployments (prefect.yaml) and the lost-run automation."""
+    """Create the work pools, priority queues, deployments (prefect.yaml) and the lost-run automation.
+
+    The render and finetune forms default to this machine's CONTROLNEXT_MODEL_DIR and
+    CONTROLNEXT_STORE (see `controlnext-video settings`): run it with the values the workers use.
+    """
     import os
     import subprocess
 
     from flows.liveness import ensure_lost_run_automation
+    from flows.settings import Environment
 
-    create_pools_and_queues()
-    project_dir = project_dir.resolve()
-    env = dict(os.environ, CONTROLNEXT_PROJECT_DIR=str(project_dir), CONTROLNEXT_INBOX=inbox)
+    create_pools_and_queues(cpu_jobs)
+    project_dir, environment = project_dir.resolve(), Environment.read()
+    env = dict(os.environ, CONTROLNEXT_PROJECT_DIR=str(project_dir), CONTROLNEXT_INBOX=inbox,
+               CONTROLNEXT_MODEL_DIR=_on_workers(environment.model_dir, project_dir),
+               CONTROLNEXT_STORE=_on_workers(environment.store, project_dir))
     subprocess.run([prefect_executable(), "--no-prompt", "deploy", "--all"], cwd=project_dir, env=env, check=True)
     ensure_lost_run_automation(lost_after)
-    typer.echo("work pools cpu and gpu, queues rush/default/batch, deployments render/default, "
-               f"render-segment/gpu and inbox/scheduled, and the lost-run automation ({lost_after:.0f} s) are ready")
+    typer.echo(f"work pools cpu ({cpu_jobs} runs at once) and gpu, queues rush/default/batch, deployments "
+               f"{', '.join(DEPLOYMENTS)}, and the lost-run automation ({lost_after:.0f} s) are ready")
 
 
 @app.command("worker")
@@ -343,7 +365,9 @@ def worker_command(
              "segment run uses them together: one process per GPU, fused at every step (up to the request's "
              "gpus_per_segment). Without CUDA, CPU processes stand in for them.")] = None,
     name: Annotated[str | None, typer.Option(help="Worker name (default: host-pool[-gpuN[-M...]]).")] = None,
-    limit: Annotated[int, typer.Option(help="Runs at once (keep 1 per GPU, or per GPU set).")] = 1,
+    limit: Annotated[int | None, typer.Option(
+        help="Runs at once: default 1 on the gpu pool (one per GPU, or per GPU set); elsewhere no limit of the "
+             "worker's own (the pool's, set by setup-cluster --cpu-jobs, applies).")] = None,
     healthcheck: Annotated[bool, typer.Option(help="Serve /health on port 8080 (for container healthchecks).")] = False,
 ) -> None:
     """Start a Prefect process worker; on a GPU machine run one per GPU (--gpus N), or one owning
@@ -356,8 +380,9 @@ def worker_command(
     env = dict(os.environ, WORKER_ID=name)
     if indices:
         env.update(CUDA_VISIBLE_DEVICES=",".join(indices), CONTROLNEXT_GPUS=",".join(indices))
-    args = [prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--limit", str(limit),
-            "--type", "process"] + (["--with-healthcheck"] if healthcheck else [])
+    limit = 1 if limit is None and pool == "gpu" else limit
+    args = [prefect_executable(), "worker", "start", "--pool", pool, "--name", name, "--type", "process"]
+    args += (["--limit", str(limit)] if limit is not None else []) + (["--with-healthcheck"] if healthcheck else [])
     os.execve(args[0], args, env)
 
 
@@ -370,6 +395,42 @@ def _gpu_list(text: str | None) -> list[str]:
         raise typer.BadParameter(f"{text!r}: give distinct GPU indices separated by commas (0 or 0,1,2,3)",
                                  param_hint="--gpus")
     return indices
+
+
+@app.command("upload")
+def upload_command(
+    files: Annotated[list[Path], typer.Argument(help="Files to upload: reference images, driving clips.")],
+    store: Annotated[str | None, typer.Option(
+        help="Artifact store root (an s3:// URL the workers read); default: CONTROLNEXT_STORE.")] = None,
+) -> None:
+    """Upload inputs into the artifact store and print their URLs, to paste into the UI's form
+    (reference, driving). A file already uploaded is not sent again."""
+    from storage import ArtifactStore
+    from storage.transfer import InputNotFoundError, upload
+
+    from flows.settings import Environment
+
+    target = ArtifactStore(store or Environment.read().store)
+    try:
+        refs = [upload(target, path) for path in files]
+    except InputNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    for path, ref in zip(files, refs):
+        typer.echo(f"{ref.url}\t{path}")
+
+
+@app.command("watch-inbox")
+def watch_inbox_command(
+    every: Annotated[float, typer.Option(min=1.0, help="Seconds between two looks at the inbox.")] = 30.0,
+    deployment: Annotated[str, typer.Option(help="The inbox deployment (its inbox_url is the inbox watched).")]
+    = "inbox/submissions",
+) -> None:
+    """Start a run of the inbox deployment when submissions arrive in its inbox, and only then (an
+    empty inbox makes no runs). Run one, beside the server."""
+    from flows.inbox import watch_inbox
+
+    watch_inbox(deployment, every=every, log=typer.echo)
 
 
 jobs_app = typer.Typer(help="List the jobs of an artifact store and delete old ones.", no_args_is_help=True)

@@ -31,6 +31,9 @@ RunState = Literal["scheduled", "pending", "running", "completed", "failed", "cr
 ACTIVE_STATES = ("scheduled", "pending", "running")
 # Seconds between two polls of in-flight deployment runs.
 DEFAULT_POLL_SECONDS = 2.0
+# The state a segment run waits in for a GPU worker: Scheduled to the workers, but not named
+# "Scheduled", the only name Prefect marks Late, so a run queued behind busy GPUs never shows Late.
+QUEUED_STATE_NAME = "Queued"
 
 
 @dataclass(frozen=True)
@@ -90,19 +93,24 @@ class DeploymentDispatcher:
     work_queue_name: str | None = None
 
     def submit(self, segments: tuple[int, ...], attempt: int) -> SegmentRun:
-        from prefect.deployments import run_deployment
+        """Queue a run of the deployment for `segments`, as a subflow run of the job (what
+        `run_deployment` does, but in the `QUEUED_STATE_NAME` state)."""
+        from prefect import get_client
+        from prefect.states import Scheduled
 
         name = segments_name(segments)
-        flow_run = run_deployment(
-            self.deployment,
-            parameters=self.parameters(segments, attempt),
-            timeout=0,
-            idempotency_key=f"{self.job_id}:{name}:attempt-{attempt}",
-            work_queue_name=self.work_queue_name,
-            tags=[f"job:{self.job_id}", *(f"segment:{s}" for s in segments), f"attempt:{attempt}"],
-            flow_run_name=f"{self.job_id}-{name}-try-{attempt}",
-            as_subflow=True,
-        )
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(self.deployment)
+            flow_run = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters=self.parameters(segments, attempt),
+                state=Scheduled(name=QUEUED_STATE_NAME),
+                name=f"{self.job_id}-{name}-try-{attempt}",
+                tags=[f"job:{self.job_id}", *(f"segment:{s}" for s in segments), f"attempt:{attempt}"],
+                idempotency_key=f"{self.job_id}:{name}:attempt-{attempt}",
+                parent_task_run_id=_subflow_link(client, self.deployment, f"{name}-attempt-{attempt}"),
+                work_queue_name=self.work_queue_name,
+            )
         return SegmentRun(segments, attempt, run_state(flow_run.state), flow_run_id=str(flow_run.id))
 
     def poll(self, run: SegmentRun) -> SegmentRun:
@@ -119,6 +127,21 @@ class DeploymentDispatcher:
 
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run.flow_run_id, Cancelling(message=reason), force=True)
+
+
+def _subflow_link(client, deployment: str, key: str):
+    """A task run in the current flow run standing for a deployment run started from it (its
+    `parent_task_run_id`): the UI draws the run inside the job, and the server cancels it with the
+    job. Outside a flow run, None."""
+    from prefect import Task
+    from prefect.context import FlowRunContext
+    from prefect.states import Pending
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return None
+    link = Task(name=deployment, fn=lambda: None)
+    return client.create_task_run(link, context.flow_run.id, dynamic_key=key, state=Pending()).id
 
 
 def segments_label(segments: tuple[int, ...]) -> str:
@@ -224,11 +247,14 @@ def drive_segments(
     per_run: int = 1,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
     on_progress: Callable[[int, int], None] = lambda done, total: None,
+    on_poll: Callable[[list[int]], None] = lambda running: None,
     on_resubmit: Callable[[list[int]], None] = lambda segments: None,
     log: Callable[[str], None] = print,
 ) -> dict[int, int]:
     """Run every segment not yet done, `per_run` consecutive segments per run; return the number of
-    attempts each segment took.
+    attempts each segment took. `on_progress(done, total)` is called when the count of segments
+    done changes, `on_poll(running)` after every round of polls with the unfinished segments of
+    the runs going.
 
     Raises SegmentJobFailed when a segment fails for its own reasons (no retry), or crashes, is
     cancelled or ends without its record `max_attempts` times. In-flight runs are cancelled first.
@@ -251,6 +277,8 @@ def drive_segments(
                 driver.collect(group)  # progress while the run goes on
             else:
                 driver.settle(group, run)
+        on_poll([s for group, run in driver.in_flight.items() if run.state == "running"
+                 for s in group if s not in driver.done])
         if driver.in_flight:
             time.sleep(poll_seconds)
     return driver.attempts

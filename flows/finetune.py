@@ -67,8 +67,6 @@ def run_id_for(request: FinetuneRequest, clips: list[dict]) -> str:
 def finetune(request: FinetuneRequest) -> dict:
     """Fine-tune the control module (and the selected UNet part) on a studio's clips."""
     with interrupt.inside_flow_run():
-        if not request.clips:
-            raise ValueError("the request needs a folder of training clips (clips)")
         clips = clips_task(request)
         run_id = run_id_for(request, clips)
         get_run_logger().info("run %s: %s clips, %s steps", run_id, len(clips), request.steps)

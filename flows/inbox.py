@@ -9,6 +9,9 @@ the others still run. Submissions left in `processing/` by an inbox run that die
 again by the next run. Run the deployment with concurrency 1 so two inbox runs never claim the
 same submission.
 
+`watch_inbox` (the `watch-inbox` command) starts a run when submissions arrive, once per set of
+waiting submissions, so an empty inbox makes no runs.
+
 A submission sets render settings only; where the job's files go, the model and the dispatch are
 the deployment's (its parameters), never the submitter's. The job id is derived from the
 content, so two submissions of the same name never share or overwrite each other's job.
@@ -17,6 +20,8 @@ content, so two submissions of the same name never share or overwrite each other
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 from prefect import flow, get_run_logger
 from pydantic import ValidationError
@@ -84,7 +89,7 @@ def process_submission(box: Inbox, name: str, defaults: dict) -> tuple[str, str 
 
 
 @flow(name="inbox", log_prints=True)
-def inbox(inbox_url: str, store: str = "", model: str = "", dispatch: str = "local", dwpose_models: str = "") -> dict:
+def inbox(inbox_url: str, store: str = "", model: str = "", dispatch: str = "auto", dwpose_models: str = "") -> dict:
     """Render every submission waiting in the inbox; returns the names rendered and failed."""
     logger = get_run_logger()
     box = Inbox(inbox_url)
@@ -108,3 +113,37 @@ def inbox(inbox_url: str, store: str = "", model: str = "", dispatch: str = "loc
             failed.append(name)
             logger.error("submission %r failed (%s): %s", name, folder, reason)
     return dict(rendered=rendered, failed=failed)
+
+
+def start_inbox_run(box: Inbox, deployment: str) -> str | None:
+    """Start a run of the inbox `deployment` if complete submissions wait in incoming/, once per
+    set of them (the idempotency key is their fingerprint); returns the run's id, or None."""
+    from prefect.deployments import run_deployment
+
+    names = box.names(INCOMING)
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    run = run_deployment(deployment, timeout=0, as_subflow=False, flow_run_name=f"inbox: {shown}",
+                         idempotency_key=f"inbox:{box.fingerprint(INCOMING)}")
+    return str(run.id)
+
+
+def watch_inbox(deployment: str, *, every: float = 30.0, rounds: int | None = None,
+                log: Callable[[str], None] = print) -> None:
+    """Look at the inbox of `deployment` (its `inbox_url` parameter) every `every` seconds and start
+    a run when submissions wait (`start_inbox_run`); `rounds` looks (None: forever)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        box = Inbox(client.read_deployment_by_name(deployment).parameters["inbox_url"])
+    log(f"watching {box.url}/{INCOMING}/ every {every:g} s for {deployment}")
+    last = None
+    while rounds is None or rounds > 0:
+        run_id = start_inbox_run(box, deployment)
+        if run_id and run_id != last:
+            log(f"submissions waiting: started inbox run {run_id}")
+        last = run_id or last
+        rounds = None if rounds is None else rounds - 1
+        if rounds != 0:
+            time.sleep(every)

@@ -59,6 +59,7 @@ class LocalCluster:
     logs: Path
     database_url: str | None = None
     extra_env: dict = field(default_factory=dict)
+    ui: bool = False  # serve the Prefect UI too (at `ui_url`)
     url: str = ""
     env: dict = field(default_factory=dict)
     server: subprocess.Popen | None = None
@@ -74,7 +75,7 @@ class LocalCluster:
             PREFECT_HOME=str(self.home),
             PREFECT_API_URL=self.url,
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
-            PREFECT_UI_ENABLED="false",
+            PREFECT_UI_ENABLED=str(self.ui).lower(),
             PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5",
             PREFECT_WORKER_QUERY_SECONDS="2",
             PREFECT_WORKER_HEARTBEAT_SECONDS="5",
@@ -101,6 +102,10 @@ class LocalCluster:
                 raise RuntimeError(f"the Prefect server did not start: see {self.logs / 'server.log'}")
             time.sleep(0.5)
 
+    @property
+    def ui_url(self) -> str:
+        return self.url.removesuffix("/api")
+
     def setup(self, inbox: str = "inbox", lost_after: float | None = None) -> None:
         """Work pools, queues, the prefect.yaml deployments and the lost-run automation
         (`controlnext-video setup-cluster`)."""
@@ -112,11 +117,16 @@ class LocalCluster:
         )
 
     def start_worker(self, pool: str, name: str, *args: str, **extra_env) -> subprocess.Popen:
-        """A process worker (limit 1) in its own process group; `args` are more `worker` options
-        (`--gpus 0,1`)."""
+        """A process worker (`controlnext-video worker`, its default limit) in its own process group;
+        `args` are more `worker` options (`--gpus 0,1`)."""
+        return self.start_command(name, ["worker", "--pool", pool, "--name", name, *args], **extra_env)
+
+    def start_command(self, name: str, args: list[str], **extra_env) -> subprocess.Popen:
+        """A long-running `controlnext-video` command (a worker, the inbox watcher) in its own process
+        group, stopped with the cluster (`kill_worker(name)` stops it before)."""
         log = open(self.logs / f"worker-{name}.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--pool", pool, "--name", name, *args],
+            [sys.executable, "-m", "flows.cli", *args],
             env=dict(self.env, **extra_env), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -1,9 +1,15 @@
-"""The job report: a markdown artifact in the Prefect UI and `output/report.md` in the job folder."""
+"""The job report: a markdown artifact in the Prefect UI and `output/report.md` in the job folder.
+
+It shows a contact sheet (output frames beside their poses) and, when the store is an object
+store, presigned download links to the outputs, also published as link artifacts of the job's run.
+"""
 
 from __future__ import annotations
 
+import base64
+
 from .progress import artifact_key
-from .stages import JobContext
+from .stages import JobContext, write_contact_sheet
 
 # Frame numbers a log line or the report lists before summarising.
 MAX_LISTED_FRAMES = 40
@@ -37,7 +43,27 @@ def _missing_poses(missing: list[int], total: int) -> str:
             f"fill; they were rendered with a black pose image): {frames_text(missing)}.")
 
 
-def report_markdown(job: JobContext, summary: dict) -> str:
+def outputs(summary: dict) -> dict[str, str]:
+    """The job's outputs a person downloads, by name: store keys."""
+    return {"video": summary["encoded"]["output_key"], "side-by-side preview": summary["encoded"]["side_by_side"],
+            "pose preview": summary["pose_preview"]}
+
+
+def download_links(job: JobContext, keys: dict[str, str]) -> dict[str, str]:
+    """Presigned HTTP links to the given artifacts (a PNG sequence: to its `sequence.json`), for
+    the browsers of `CONTROLNEXT_LINK_ENDPOINT`; empty for stores without HTTP access."""
+    links = {}
+    for what, key in keys.items():
+        link = job.store.http_url(key, endpoint_url=job.env.link_endpoint or None)
+        if link and not job.store.exists(key):  # a PNG sequence: a folder, described by its sequence.json
+            link = job.store.http_url(f"{key}/sequence.json", endpoint_url=job.env.link_endpoint or None)
+        if link:
+            links[what] = link
+    return links
+
+
+def report_markdown(job: JobContext, summary: dict, links: dict[str, str], contact_sheet: str) -> str:
+    """The report; `contact_sheet` is the picture's address (a data URI, or a path beside the report)."""
     request, store, layout = job.request, job.store, job.layout
     ingest, encoded = summary["ingest"], summary["encoded"]
     video = ingest["video"]
@@ -50,6 +76,7 @@ def report_markdown(job: JobContext, summary: dict) -> str:
     settings = request.model_dump(exclude={"reference", "driving", "store", "output"})
     parts = [
         f"# Render {summary['job_id']}",
+        f"![Output frames beside their poses]({contact_sheet})",
         "## Inputs",
         _table(["input", "location", "sha256"], [
             ["reference", request.reference, ingest["reference_sha256"][:16]],
@@ -67,25 +94,29 @@ def report_markdown(job: JobContext, summary: dict) -> str:
         "## Segments",
         _table(["segment", "frames", "worker", "attempts", "GPUs", "load s", "render s"], segment_rows),
         "## Outputs",
-        _table(["what", "where"], [
-            ["video", store.url(encoded["output_key"])],
-            ["side-by-side preview", store.url(encoded["side_by_side"])],
-            ["pose preview", store.url(summary["pose_preview"])],
-            ["delivered to", encoded.get("delivered") or "(job folder only)"],
-        ]),
+        _table(["what", "where", "download"], [
+            [what, store.url(key), f"[download]({links[what]})" if what in links else "-"]
+            for what, key in outputs(summary).items()
+        ] + [["delivered to", encoded.get("delivered") or "(job folder only)", "-"]]),
+        *(["Download links stay valid for 7 days."] if links else []),
         f"{encoded['frames']} frames, {encoded['fps']} fps, {encoded['duration']:.3f} s, "
         "audio: " + (f"{encoded['audio_seconds']:.3f} s" if encoded["audio_seconds"] is not None else "none") + ".",
     ]
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(job: JobContext, summary: dict) -> str:
-    """Write the report to the job folder and publish it as a markdown artifact; returns its key."""
-    from prefect.artifacts import create_markdown_artifact
+def write_report(job: JobContext, summary: dict) -> tuple[str, dict[str, str]]:
+    """Write the report to the job folder and publish it as a markdown artifact (the contact sheet
+    inside it) with a link artifact per download; returns the report's key and the links."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-    markdown = report_markdown(job, summary)
+    sheet = write_contact_sheet(job, summary["ingest"]["num_frames"])
+    links = download_links(job, outputs(summary))
     key = job.layout.report
-    job.store.write_text(key, markdown)
-    create_markdown_artifact(markdown, key=artifact_key(summary["job_id"], "report"),
+    job.store.write_text(key, report_markdown(job, summary, links, sheet.rsplit("/", 1)[-1]))
+    picture = "data:image/jpeg;base64," + base64.b64encode(job.store.read_bytes(sheet)).decode()
+    create_markdown_artifact(report_markdown(job, summary, links, picture), key=artifact_key(summary["job_id"], "report"),
                              description=f"render report for {summary['job_id']}")
-    return key
+    for what, link in links.items():
+        create_link_artifact(link, link_text=f"{what} of {summary['job_id']}", description=f"download the {what}")
+    return key, links

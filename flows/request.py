@@ -1,8 +1,9 @@
 """The requests of the flows (render, finetune): each one typed, validated parameter, shown as a
 form in the Prefect UI.
 
-Every field has a valid default (Prefect issue #16184: an invalid default silently resets a form)
-and a description; the form stays flat.
+The inputs are required (the form refuses to run without them); every other field has a valid
+default (Prefect issue #16184: an invalid default silently resets a form) and a description; the
+form stays flat, its fields in the order a person fills them in.
 """
 
 from __future__ import annotations
@@ -11,47 +12,108 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .liveness import SEGMENT_DEPLOYMENT
 from .settings import Environment
 
 # Fields of earlier versions, dropped when a stored request is read back.
 RETIRED_FIELDS = ("stale_after_seconds",)
+# Longest cross-fade between segments: more than the longest segment the design plans (240 frames)
+# is never useful, and the bound keeps the form's overlap rule short (see `form_schema`).
+MAX_SEGMENT_OVERLAP = 240
+# Fields where 0 means "planned automatically" (the form's cross-field rules leave 0 to the model).
+AUTO_ZERO = frozenset({"segment_length"})
+
+
+def positioned(schema: dict) -> None:
+    """Give every field of a request model's JSON schema its position, the declaration order: the
+    Prefect UI form sorts fields by position (a field without one counts as 0)."""
+    for position, field in enumerate(schema["properties"].values()):
+        field["position"] = position
+
+
+def render_form_schema(schema: dict) -> None:
+    """The render request's form: positions, and the cross-field rules of `RenderRequest._check`,
+    so the Prefect server refuses a request that breaks one before a run exists, naming the field.
+
+    The rules sit under `dependentSchemas`, keyed on the field they constrain, so they apply when
+    that field is given; a field left out counts with its default, as in the model.
+    """
+    positioned(schema)
+    properties = schema["properties"]
+    rules: dict[str, list[dict]] = {}
+    for smaller, larger in (("overlap", "window"), ("segment_overlap", "segment_length")):
+        rules.setdefault(smaller, []).extend(_smaller_than(properties, smaller, larger))
+        at_least = {"minimum": properties[smaller]["default"] + 1}
+        if larger in AUTO_ZERO:  # 0 (auto) plans a length the model checks on the worker
+            at_least = {"anyOf": [{"const": 0}, at_least]}
+        rules.setdefault(larger, []).append({"if": _absent(smaller), "then": {"properties": {larger: at_least}}})
+    rules.setdefault("pose_backend", []).append(
+        {"if": _given("pose_backend", {"const": "dwpose"}),
+         "then": {"required": ["dwpose_models"], "properties": {"dwpose_models": {"minLength": 1}}}})
+    rules.setdefault("root_motion", []).append(
+        {"if": _given("align", {"enum": ["linear", "none"]}),
+         "then": {"properties": {"root_motion": {"const": "body"}}}})
+    schema["dependentSchemas"] = {field: {"allOf": clauses} for field, clauses in rules.items()}
+
+
+def _given(field: str, condition: dict) -> dict:
+    """A schema matching an object whose `field` is present and meets `condition` (unlike
+    `{"properties": ...}`, which an object without the field also meets)."""
+    return {"not": {"properties": {field: {"not": condition}}}}
+
+
+def _absent(field: str) -> dict:
+    """A schema matching an object without `field`."""
+    return {"not": {"required": [field]}}
+
+
+def _smaller_than(properties: dict, smaller: str, larger: str) -> list[dict]:
+    """`smaller < larger` in JSON schema, which cannot compare two fields: for every value `v` the
+    larger field can take up to the smaller's maximum, "larger == v implies smaller <= v - 1" (one
+    clause applies, so one error names the field); and the larger's default when it is left out."""
+    values = range(max(properties[larger]["minimum"], 1 if larger in AUTO_ZERO else 0),
+                   properties[smaller]["maximum"] + 1)
+    clauses = [{"if": _given(larger, {"const": v}), "then": {"properties": {smaller: {"maximum": v - 1}}}}
+               for v in values]
+    return clauses + [{"if": _absent(larger),
+                       "then": {"properties": {smaller: {"maximum": properties[larger]["default"] - 1}}}}]
 
 
 class RenderRequest(BaseModel):
-    """Everything a render needs: inputs, model, generation settings, segmentation and output."""
+    """A render: the reference image and the driving clip (required), where the result goes, the
+    model, then the generation settings and, last, the advanced ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # The docstring is the UI form's heading. Fields are declared in the order a person fills them
+    # in; `render_form_schema` gives the form that order and the cross-field rules.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=render_form_schema)
 
-    reference: str = Field("", description="Reference image (path or store URL): the character to animate.",
-                           json_schema_extra={"position": 0})
-    driving: str = Field("", description="Driving video (path or store URL): the motion to perform.",
-                         json_schema_extra={"position": 1})
+    # inputs and output
+    reference: str = Field(min_length=1, description="Reference image (path or store URL, e.g. from "
+                                                     "`controlnext-video upload`): the character to animate.")
+    driving: str = Field(min_length=1, description="Driving video (path or store URL): the motion to perform.")
+    output: str = Field("", description="Where to copy the final video (path or URL); empty: the job's output/ "
+                                        "(the report links to it).")
+    output_format: Literal["mp4", "prores", "png"] = Field(
+        "mp4", description="H.264 MP4, ProRes 422 HQ MOV, or a PNG sequence.")
+    audio: bool = Field(True, description="Carry the driving clip's audio into the output.")
     model: str = Field(default_factory=lambda: Environment.read().model_dir,
-                       description="Model directory on the GPU workers (SVD layout + ControlNeXt files).",
-                       json_schema_extra={"position": 2})
+                       description="Model directory on the GPU workers (SVD layout + ControlNeXt files).")
     store: str = Field(default_factory=lambda: Environment.read().store,
-                       description="Artifact store root: a local folder or an s3:// URL shared by all workers.",
-                       json_schema_extra={"position": 3})
-    output: str = Field("", description="Where to copy the final video (path or URL); empty: the job's output/.",
-                        json_schema_extra={"position": 4})
-    job_id: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-                        description="Job identifier; empty: derived from the request's content (re-submitting "
-                                    "the same request resumes the same job).")
+                       description="Artifact store root: a local folder or an s3:// URL shared by all workers.")
+    priority: Literal["rush", "default", "batch"] = Field("default", description="Work queue of the segment runs.")
 
+    # generation
     height: int = Field(1024, ge=64, le=4096, multiple_of=8, description="Output height in pixels.")
     width: int = Field(576, ge=64, le=4096, multiple_of=8, description="Output width in pixels.")
     steps: int = Field(25, ge=1, le=200, description="Denoising steps.")
     guidance_min: float = Field(3.0, ge=0.0, le=20.0, description="Guidance at each window's first frame.")
     guidance_max: float = Field(3.0, ge=0.0, le=20.0, description="Guidance at each window's last frame.")
     control_scale: float = Field(1.0, ge=0.0, le=5.0, description="Strength of the pose control (1 = reference).")
-    window: int = Field(24, ge=2, le=128, description="Frames per temporal window (the model was trained on 24).")
-    overlap: int = Field(6, ge=1, le=127, description="Frames shared by neighbouring windows.")
-    decode_chunk_size: int = Field(8, ge=1, le=128,
-                                   description="Frames the VAE decodes together (more: smoother, more memory).")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Random seed: same request and seed, same video.")
-
     stride: int = Field(2, ge=1, le=16, description="Use every stride-th driving frame; output fps = source / stride.")
     max_frames: int = Field(0, ge=0, description="Render at most this many output frames (0: the whole clip).")
+
+    # poses
     pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
     dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
     align: Literal["retarget", "linear", "none"] = Field(
@@ -64,16 +126,26 @@ class RenderRequest(BaseModel):
     max_gap: int = Field(4, ge=0, le=1000, description="Longest run of frames without a detected pose (in sampled "
                                                        "frames) that is interpolated; longer gaps stay empty.")
 
+    # advanced: windows and segments
+    window: int = Field(24, ge=2, le=128, description="Frames per temporal window (the model was trained on 24).")
+    overlap: int = Field(6, ge=1, le=127, description="Frames shared by neighbouring windows (smaller than window).")
+    decode_chunk_size: int = Field(8, ge=1, le=128,
+                                   description="Frames the VAE decodes together (more: smoother, more memory).")
     segment_length: int = Field(
         72, ge=0, le=2000,
         description="Frames per segment (one segment run each, on one GPU or fused over several). 0: auto, about "
                     "72 frames per GPU of gpus_per_segment (1 when that is 0), with a window count that divides "
                     "over the GPUs.")
-    segment_overlap: int = Field(8, ge=0, le=1999, description="Frames shared and cross-faded between segments.")
-    dispatch: Literal["local", "deployment"] = Field(
-        "local", description="local: render segments in this process; deployment: fan out to GPU workers.")
-    segment_deployment: str = Field("render-segment/gpu", description="Deployment that renders a segment.")
-    priority: Literal["rush", "default", "batch"] = Field("default", description="Work queue of the segment runs.")
+    segment_overlap: int = Field(8, ge=0, le=MAX_SEGMENT_OVERLAP,
+                                 description="Frames shared and cross-faded between segments (smaller than "
+                                             "segment_length).")
+
+    # advanced: dispatch
+    dispatch: Literal["auto", "local", "deployment"] = Field(
+        "auto", description="deployment: fan segments out to the GPU pool; local: render them in the job's own "
+                            "process; auto: deployment when the job runs as a deployment (the UI, the inbox, "
+                            "scripts), local otherwise (the command line).")
+    segment_deployment: str = Field(SEGMENT_DEPLOYMENT, description="Deployment that renders a segment.")
     max_in_flight: int = Field(4, ge=1, le=256, description="Segment runs in flight at once.")
     segments_per_run: int = Field(
         0, ge=0, le=64,
@@ -90,11 +162,12 @@ class RenderRequest(BaseModel):
         description="Seconds a GPU process of a multi-GPU segment run waits for the others at a denoising step "
                     "before the run fails (a dead or hung GPU process); its segments are then resubmitted. With "
                     "compile, the first step compiles on every GPU: allow for it.")
+    job_id: str = Field("", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                        description="Job identifier; empty: derived from the request's content (re-submitting "
+                                    "the same request resumes the same job).")
 
-    output_format: Literal["mp4", "prores", "png"] = Field(
-        "mp4", description="H.264 MP4, ProRes 422 HQ MOV, or a PNG sequence.")
+    # advanced: encoding and workers
     crf: int = Field(18, ge=0, le=51, description="H.264 quality (lower is better).")
-    audio: bool = Field(True, description="Carry the driving clip's audio into the output.")
     device: str = Field("auto", description="Torch device on the workers: auto, cuda, cuda:N or cpu.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Compute precision: auto = bfloat16 on GPU, float32 on CPU.")
@@ -164,9 +237,9 @@ class RenderRequest(BaseModel):
 class FinetuneRequest(BaseModel):
     """A fine-tuning run: clips, base model, what trains and how long; a form in the Prefect UI."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=positioned)
 
-    clips: str = Field("", description="Folder or store URL holding the training clips (videos of the character).")
+    clips: str = Field(min_length=1, description="Folder or store URL holding the training clips (videos of the character).")
     model: str = Field(default_factory=lambda: Environment.read().model_dir,
                        description="Base model directory (SVD layout + ControlNeXt files) on the GPU worker.")
     out: str = Field("", description="Where to copy the fine-tuned model directory (folder or URL); empty: the "

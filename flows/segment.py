@@ -4,8 +4,8 @@ picks it up.
 The pipeline is loaded once per process and reused by every segment that process renders (a run
 given several segments pays for loading once). For each segment the flow writes its frames and then
 its record (atomically): a segment whose record exists is done and is never rendered again. It
-reports per-step progress. Liveness and cancellation are Prefect's (see `flows.dispatch`): the run
-sends flow-run heartbeats, and the server cancels it when its job is cancelled.
+reports per-step progress to its job (`flows.progress.SegmentSteps`). Liveness and cancellation are
+Prefect's (see `flows.dispatch`): the run sends flow-run heartbeats, and the server cancels it when its job is cancelled.
 
 On a worker that owns several GPUs (`worker --gpus`), the run renders each segment with one
 process per GPU fused at every step (`flows.ranks`, up to the request's `gpus_per_segment`); a
@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.states import Crashed
 
 from . import interrupt
-from .progress import ProgressReporter
+from .progress import SegmentSteps
 from .ranks import RanksLost, launch_ranks, segment_gpus
 from .stages import (JobContext, get_pipeline, load_plan, render_segment_frames, segment_done, segment_record,
                      window_balance, write_segment_record)
@@ -62,13 +62,12 @@ def _render_on_gpus(store: str, job: JobContext, segments: list[int], attempt: i
         return [job.store.read_json(job.layout.segment_record(s)) for s in segments]
     logger.info("segments %s on %s GPUs (%s), fused at every step: %s", segments, len(gpus), ",".join(gpus),
                 window_balance(job, load_plan(job), len(gpus)))
-    reporters: dict[int, ProgressReporter] = {}
+    steps: dict[int, SegmentSteps] = {}
 
     def on_step(segment: int, step: int, total: int) -> None:
-        if segment not in reporters:
-            reporters[segment] = ProgressReporter(f"{job.layout.job_id}-segment-{segment}",
-                                                  f"segment {segment}: denoising on {len(gpus)} GPUs")
-        reporters[segment].update(step / total, f"segment {segment}: step {step}/{total} on {len(gpus)} GPUs")
+        if segment not in steps:
+            steps[segment] = SegmentSteps(job.store, job.layout.segment_progress(segment), job.layout.job_id, segment)
+        steps[segment].update(step, total)
 
     try:
         records = launch_ranks(store, job, segments, attempt, gpus, on_step, interrupt.check)
@@ -91,11 +90,11 @@ def _render_one(job: JobContext, segment: int, attempt: int) -> dict:
     pipe.set_memory_limit(request.gpu_memory_gib or None)
     interrupt.check()  # a stop requested while loading (a signal there can be swallowed)
     loaded = time.time()
-    reporter = ProgressReporter(f"{job.layout.job_id}-segment-{segment}", f"segment {segment}: denoising")
+    steps = SegmentSteps(job.store, job.layout.segment_progress(segment), job.layout.job_id, segment)
 
     def on_step(step: int, total: int) -> None:
         interrupt.check()
-        reporter.update(step / total, f"segment {segment}: step {step}/{total}")
+        steps.update(step, total)
 
     frames = render_segment_frames(job, segment, pipe, on_step=on_step)
     record = segment_record(job, segment, attempt, frames, load_seconds=loaded - started,

@@ -7,6 +7,7 @@
 | `CONTROLNEXT_INBOX` | inbox root for the scheduled inbox deployment | `inbox` |
 | `CONTROLNEXT_PROJECT_DIR` | project folder on the workers (deployments' working directory) | `.` |
 | `CONTROLNEXT_WORK_DIR` | local scratch for files tools need on disk | `<tmp>/controlnext-video` |
+| `CONTROLNEXT_LINK_ENDPOINT` | the object store's address as people's browsers reach it, for the report's download links | the workers' own (`AWS_ENDPOINT_URL`) |
 | `WORKER_ID` | this worker's name in segment records | `<host>:<pid>` |
 | `CONTROLNEXT_GPUS` | the GPUs this worker owns (`0,1,2,3`; set by `worker --gpus`): a segment run uses them together | none: one process |
 """
@@ -28,6 +29,7 @@ class Environment:
     project_dir: str
     work_dir: Path
     worker_id: str
+    link_endpoint: str
     gpus: tuple[str, ...] = ()
 
     @classmethod
@@ -40,6 +42,7 @@ class Environment:
             project_dir=env.get("CONTROLNEXT_PROJECT_DIR") or ".",
             work_dir=Path(env.get("CONTROLNEXT_WORK_DIR") or Path(tempfile.gettempdir()) / "controlnext-video"),
             worker_id=env.get("WORKER_ID") or f"{socket.gethostname()}:{os.getpid()}",
+            link_endpoint=env.get("CONTROLNEXT_LINK_ENDPOINT") or "",
             gpus=tuple(g.strip() for g in (env.get("CONTROLNEXT_GPUS") or "").split(",") if g.strip()),
         )
 

@@ -29,6 +29,10 @@ from .settings import Environment
 
 # Cap on the preview panels' height (they are for review, not delivery).
 PREVIEW_PANEL_HEIGHT = 512
+# The report's contact sheet: this many output frames beside their poses, panels this tall (small:
+# the report carries the picture itself).
+CONTACT_SHEET_FRAMES = 8
+CONTACT_SHEET_PANEL_HEIGHT = 128
 # Temporaries (of killed writes) older than this are swept; no live write takes this long.
 TEMPORARY_MAX_AGE_SECONDS = 900.0
 
@@ -355,6 +359,12 @@ def segment_record(job: JobContext, index: int, attempt: int, frames: list[dict]
                 **extra)
 
 
+def segment_steps(job: JobContext, index: int) -> int:
+    """The denoising steps segment `index` has done, as its render last wrote them (0: none yet)."""
+    key = job.layout.segment_progress(index)
+    return int(job.store.read_json(key)["step"]) if job.store.exists(key) else 0
+
+
 def write_segment_record(job: JobContext, index: int, record: dict) -> None:
     job.store.write_json(job.layout.segment_record(index), record)
 
@@ -453,3 +463,21 @@ def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames:
           ingest_result.fps, height=min(PREVIEW_PANEL_HEIGHT, request.height))
     store.put_file(target, layout.side_by_side)
     return layout.side_by_side
+
+
+def write_contact_sheet(job: JobContext, num_frames: int) -> str:
+    """A few output frames, spread over the clip, beside their poses in one JPEG (for the report);
+    a rerun that makes the same picture leaves the file untouched."""
+    from pose.render import render_pose
+
+    from controlnext_video.video import contact_sheet, decode_png, encode_jpeg, evenly_spaced
+
+    request, store, layout = job.request, job.store, job.layout
+    frames = evenly_spaced(num_frames, CONTACT_SHEET_FRAMES)
+    aligned = load_aligned(job)
+    poses = [render_pose(aligned[i], request.height, request.width) for i in frames]
+    results = [decode_png(store.read_bytes(layout.output_frame(i)), name=layout.output_frame(i)) for i in frames]
+    sheet = encode_jpeg(contact_sheet(poses, results, panel_height=min(CONTACT_SHEET_PANEL_HEIGHT, request.height)))
+    if not (store.exists(layout.contact_sheet) and store.read_bytes(layout.contact_sheet) == sheet):
+        store.write_bytes(layout.contact_sheet, sheet)
+    return layout.contact_sheet

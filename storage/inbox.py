@@ -17,6 +17,7 @@ of the same name gets `<name>-2`, and so on.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -74,6 +75,15 @@ class Inbox:
                     self._fs.isfile(self.path(state, name, JOB_FILE)):
                 names.append(name)
         return sorted(names)
+
+    def fingerprint(self, state: str) -> str:
+        """A digest of the complete submissions in `state`, their names and their job files'
+        versions: it changes when a submission arrives or its job file is replaced, and only then."""
+        versions = []
+        for name in self.names(state):
+            self._fs.invalidate_cache(self.path(state, name))
+            versions.append([name, self._fs.ukey(self.path(state, name, JOB_FILE))])
+        return hashlib.sha256(json.dumps(versions).encode()).hexdigest()
 
     def move(self, name: str, source: str, target: str) -> str:
         """Move submission `name` from state `source` to `target`, under a name not yet taken there;

@@ -10,10 +10,12 @@
     jobs/<job-id>/inputs/<name>
     jobs/<job-id>/poses/<name>             reference crop, OpenPose JSON, pose preview video
     jobs/<job-id>/segments/<k>/record.json (k zero-padded: 0000, 0001, ...)
+    jobs/<job-id>/segments/<k>/progress.json  denoising steps done, while it renders
     jobs/<job-id>/segments/<k>/frames/frame_000000.png ...
     jobs/<job-id>/output/frames/frame_000000.png ...   blended frames
     jobs/<job-id>/output/<name>            video, side-by-side preview, report, stage records
     cache/<namespace>/<content-hash>/<name>
+    uploads/<content-hash>/<name>          inputs uploaded for the UI's form (`controlnext-video upload`)
 
 Frames are named one way everywhere (`FRAME_NAME`, as in the PNG sequences of
 `controlnext_video.video`). All functions here are pure: they build keys, they do not touch
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 JOBS_PREFIX = "jobs"
 CACHE_PREFIX = "cache"
+UPLOADS_PREFIX = "uploads"
 #: Digits of the zero-padded segment index (sorted listings stay in render order).
 SEGMENT_DIGITS = 4
 #: File name of frame ``i`` in a segment (matches ``controlnext_video.video`` PNG sequences).
@@ -170,6 +173,11 @@ class JobLayout:
     def report(self) -> str:
         return self.output_file("report.md")
 
+    @property
+    def contact_sheet(self) -> str:
+        """Output frames beside their poses, as one picture (JPEG)."""
+        return self.output_file("contact_sheet.jpg")
+
     def segment(self, index: int) -> str:
         """Folder of segment ``index``."""
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 10**SEGMENT_DIGITS:
@@ -179,6 +187,10 @@ class JobLayout:
     def segment_record(self, index: int) -> str:
         """The record whose presence marks segment ``index`` as done."""
         return f"{self.segment(index)}/record.json"
+
+    def segment_progress(self, index: int) -> str:
+        """The denoising steps a segment has done (written while it renders)."""
+        return f"{self.segment(index)}/progress.json"
 
     def segment_frames(self, index: int) -> str:
         return f"{self.segment(index)}/frames"
@@ -197,6 +209,16 @@ def cache_key(namespace: str, digest: str, name: str) -> str:
     """Key of a content-addressed cache entry, e.g. poses of a clip by its SHA-256 and detector:
     ``cache_key("poses-mediapipe", clip_sha256, "poses.json")``."""
     _check_name(namespace, "cache namespace")
+    return f"{CACHE_PREFIX}/{namespace}/{_check_digest(digest, 'cache')}/{_check_name(name, 'cache file name')}"
+
+
+def upload_key(digest: str, name: str) -> str:
+    """Key of an uploaded input: its content's SHA-256 and its (key-safe) file name, so the same
+    file always gets the same key (and two files one only if their hashes' first 64 bits agree)."""
+    return f"{UPLOADS_PREFIX}/{_check_digest(digest, 'upload')[:16]}/{_check_name(name, 'upload name')}"
+
+
+def _check_digest(digest: str, what: str) -> str:
     if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
-        raise ValueError(f"cache digest must be 16-128 lowercase hex digits, got {digest!r}")
-    return f"{CACHE_PREFIX}/{namespace}/{digest}/{_check_name(name, 'cache file name')}"
+        raise ValueError(f"{what} digest must be 16-128 lowercase hex digits, got {digest!r}")
+    return digest

@@ -46,6 +46,8 @@ _SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|^key$|acce
 #: Environment variables whose values are secrets.
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 _OBJECT_STORES = ("s3", "s3a")
+#: The longest a presigned link may stay valid (S3's limit for signature version 4: 7 days).
+MAX_LINK_SECONDS = 7 * 24 * 3600
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(bytes_done, bytes_total)`` after each chunk of a file transfer."""
@@ -237,6 +239,23 @@ class ArtifactStore:
         """Full URL of ``key`` (a plain path for local stores), for logs and task parameters."""
         path = self._path(key)
         return path if self.is_local else self._fs.unstrip_protocol(path)
+
+    def http_url(self, key: str, *, expires_seconds: int = MAX_LINK_SECONDS,
+                 endpoint_url: str | None = None) -> str | None:
+        """A presigned HTTP link to ``key``: anyone holding it can download the artifact, without
+        credentials, for ``expires_seconds``. ``endpoint_url`` is the object store's address as the
+        link's users reach it (the signature covers the host), default the one this process uses.
+        None for stores without HTTP access (local folders)."""
+        if self.protocol not in _OBJECT_STORES:
+            return None
+        if not 0 < expires_seconds <= MAX_LINK_SECONDS:
+            raise ValueError(f"expires_seconds must be in (0, {MAX_LINK_SECONDS}], got {expires_seconds}")
+        fs = self._fs
+        if endpoint_url:
+            client = {**self._options.get("client_kwargs", {}), "endpoint_url": endpoint_url}
+            fs = type(self._fs)(**{**self._options, "client_kwargs": client})
+        path = self._path(key)
+        return self._guard("link", key, lambda: fs.url(path, expires=expires_seconds))
 
     def local_path(self, key: str) -> Path:
         """Filesystem path of ``key`` in a local store (for tools that need a path, like PyAV)."""

@@ -1,6 +1,6 @@
-"""Moving files in and out of a job: inputs given as paths or URLs, local copies of stored
-artifacts for tools that need a file (decoders, encoders), and delivery of the output to where a
-request asks for it."""
+"""Moving files in and out of a job: uploads of inputs, inputs given as paths or URLs, local
+copies of stored artifacts for tools that need a file (decoders, encoders), and delivery of the
+output to where a request asks for it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 import posixpath
 from pathlib import Path
 
-from .store import CHUNK_SIZE, PARTIAL_SUFFIX, ArtifactNotFoundError, ArtifactStore, StoreError
+from .layout import safe_name, upload_key
+from .store import CHUNK_SIZE, PARTIAL_SUFFIX, ArtifactNotFoundError, ArtifactRef, ArtifactStore, StoreError, sha256_file
 
 
 class InputNotFoundError(FileNotFoundError):
@@ -40,6 +41,19 @@ def fetch(url: str, local_dir: Path, what: str) -> Path:
         raise InputNotFoundError(f"{what} not found: {url}") from exc
     os.replace(partial, target)
     return target
+
+
+def upload(store: ArtifactStore, path: str | os.PathLike[str]) -> ArtifactRef:
+    """Put a local file under `uploads/` in the store (`storage.layout.upload_key`), once: a file
+    already uploaded is not sent again. Returns its reference (`url` is what a request takes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"file to upload not found: {path}")
+    digest = sha256_file(path)
+    key = upload_key(digest, safe_name(path.name))
+    if store.exists(key) and store.sha256(key) == digest:
+        return ArtifactRef(key, store.url(key), store.size(key), digest)
+    return store.put_file(path, key)
 
 
 def local_copy(store: ArtifactStore, key: str, scratch: Path) -> Path:

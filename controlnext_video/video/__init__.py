@@ -8,10 +8,10 @@ from .decode import Backend, iter_frames, planned_frame_count
 from .encode import Codec, EncodedVideo, VideoWriter, write_video
 from .errors import DamagedVideoWarning, VideoError
 from .fit import Fit, fit_frame
-from .preview import write_side_by_side
+from .preview import contact_sheet, evenly_spaced, write_side_by_side
 from .probe import AudioStreamInfo, VideoInfo, probe
 from .rates import format_rate, output_rate, parse_rate
-from .sequence import SequenceMeta, decode_png, encode_png, frame_name, read_sequence_meta
+from .sequence import SequenceMeta, decode_png, encode_jpeg, encode_png, frame_name, read_sequence_meta
 
 __all__ = [
     "AudioStreamInfo",
@@ -24,8 +24,11 @@ __all__ = [
     "VideoError",
     "VideoInfo",
     "VideoWriter",
+    "contact_sheet",
     "decode_png",
+    "encode_jpeg",
     "encode_png",
+    "evenly_spaced",
     "fit_frame",
     "format_rate",
     "frame_name",

@@ -1,9 +1,10 @@
-"""Side-by-side review video: reference | poses | result, one row per output frame."""
+"""Review previews: a side-by-side video (reference | poses | result, one row per output frame)
+and a contact sheet (result frames beside their poses, in a grid)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -77,3 +78,43 @@ def write_side_by_side(
 def _panel(frame: np.ndarray, height: int) -> np.ndarray:
     h, w = frame.shape[:2]
     return fit_frame(frame, (height, panel_width(h, w, height)), "pad")
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """`count` frame indices spread evenly over `total` frames, first and last included (all of
+    them when there are no more than `count`)."""
+    if total < 1 or count < 1:
+        raise ValueError(f"need at least one frame and one index, got total={total}, count={count}")
+    if total <= count:
+        return list(range(total))
+    if count == 1:
+        return [0]
+    return sorted({round(i * (total - 1) / (count - 1)) for i in range(count)})
+
+
+def contact_sheet(
+    poses: Sequence[np.ndarray], results: Sequence[np.ndarray], *, columns: int = 4, panel_height: int = 128,
+    gap: int = 4,
+) -> np.ndarray:
+    """Result frames beside their poses, in a grid: cell ``i`` is pose ``i`` | result ``i``, both
+    scaled to ``panel_height``; cells fill rows of ``columns``, ``gap`` white pixels apart.
+
+    Shapes: poses and results (H, W, 3) uint8 RGB, as many of each; returns (rows * (panel_height
+    + gap) - gap, columns * (cell width + gap) - gap, 3) uint8, where a cell is two panels wide.
+    """
+    if len(poses) != len(results) or not results:
+        raise ValueError(f"need as many poses as results, at least one: got {len(poses)} and {len(results)}")
+    if columns < 1 or panel_height < 2 or gap < 0:
+        raise ValueError(f"columns >= 1, panel_height >= 2 and gap >= 0 needed, got {columns}, {panel_height}, {gap}")
+    for i, (pose, result) in enumerate(zip(poses, results)):
+        check_rgb(pose, f"pose {i}")
+        check_rgb(result, f"result {i}")
+    cells = [np.concatenate([_panel(p, panel_height), _panel(r, panel_height)], axis=1) for p, r in zip(poses, results)]
+    cell_h, cell_w = panel_height, max(cell.shape[1] for cell in cells)
+    columns = min(columns, len(cells))
+    rows = -(-len(cells) // columns)
+    sheet = np.full((rows * (cell_h + gap) - gap, columns * (cell_w + gap) - gap, 3), 255, dtype=np.uint8)
+    for i, cell in enumerate(cells):
+        top, left = (i // columns) * (cell_h + gap), (i % columns) * (cell_w + gap)
+        sheet[top: top + cell_h, left: left + cell.shape[1]] = cell
+    return sheet

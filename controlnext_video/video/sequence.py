@@ -65,6 +65,21 @@ def encode_png(frame: np.ndarray, *, compress_level: int = PNG_COMPRESS_LEVEL) -
     return buffer.getvalue()
 
 
+def encode_jpeg(frame: np.ndarray, *, quality: int = 85) -> bytes:
+    """Encode one RGB frame as a (lossy, small) JPEG, for previews.
+
+    Shapes: frame (H, W, 3) uint8.
+    """
+    from PIL import Image
+
+    check_rgb(frame, "frame")
+    if not 1 <= quality <= 95:
+        raise ValueError(f"JPEG quality must be in [1, 95], got {quality}")
+    buffer = io.BytesIO()
+    Image.fromarray(frame, mode="RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def decode_png(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
     """Decode a PNG into an RGB frame (grey or RGBA PNGs are converted).
 

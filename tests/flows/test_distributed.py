@@ -36,11 +36,13 @@ def cluster(prefect_server):
 
 
 def runs_of_job(job_id: str) -> list:
+    """The job's segment runs (the job's own runs carry its tag too)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     with get_client(sync_client=True) as client:
-        return client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])))
+    return [run for run in runs if any(tag.startswith("segment:") for tag in run.tags)]
 
 
 def runs_per_segment(job_id: str) -> dict[int, list]:
@@ -88,13 +90,23 @@ def blended(store_url: str, job_id: str, frames: int) -> np.ndarray:
 def test_prefect_yaml_deployments(cluster):
     from prefect import get_client
 
+    from flows.localcluster import PROJECT_DIR
+    from flows.settings import Environment
+
     with get_client(sync_client=True) as client:
         segment = client.read_deployment_by_name("render-segment/gpu")
-        render = client.read_deployment_by_name("render/default")
-        inbox = client.read_deployment_by_name("inbox/scheduled")
+        render = client.read_deployment_by_name("render/farm")
+        inbox = client.read_deployment_by_name("inbox/submissions")
         queues = {q.name: q.priority for q in client.read_work_queues(work_pool_name="gpu")}
+        pools = {pool: client.read_work_pool(pool).concurrency_limit for pool in ("cpu", "gpu")}
     assert segment.work_pool_name == "gpu" and render.work_pool_name == "cpu"
-    assert inbox.schedules and inbox.schedules[0].schedule.cron == "*/5 * * * *"
+    assert pools == {"cpu": 8, "gpu": None}  # many jobs at once; a GPU worker takes one segment run
+    # the form's defaults: what the workers use, visible, and the GPU pool as the place segments render
+    environment = Environment.read()  # the setup's: relative paths are the workers' (from the project folder)
+    assert render.parameters == {"request": dict(model=str((PROJECT_DIR / environment.model_dir).resolve()),
+                                                 store=str((PROJECT_DIR / environment.store).resolve()),
+                                                 dispatch="deployment")}
+    assert not inbox.schedules and inbox.global_concurrency_limit.limit == 1  # watch-inbox starts it, one at a time
     assert queues["rush"] < queues["default"] < queues["batch"]
 
 
@@ -126,7 +138,7 @@ def test_output_on_a_worker_is_byte_identical_to_in_process(cluster, local_job, 
     server, _ = cluster
     request, _, out = local_job
     remote = request.model_copy(update=dict(store=str(tmp_path / "store"), output=str(tmp_path / "remote.mp4")))
-    final = wait_for(run_deployment("render/default", parameters={"request": remote.model_dump()}, timeout=0).id)
+    final = wait_for(run_deployment("render/farm", parameters={"request": remote.model_dump()}, timeout=0).id)
     assert final.state.is_completed(), f"{final.state.message}\n{server.log_tail()}"
     assert (tmp_path / "remote.mp4").read_bytes() == (out / "result.mp4").read_bytes()
 
@@ -142,7 +154,7 @@ def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, c
     store_url = str(tmp_path / "store")
     request = small_request(reference, driving, tiny_model, store_url, dispatch="deployment", steps=16,
                             segments_per_run=2, job_id=f"kill-{uuid.uuid4().hex[:8]}")
-    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    parent = run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0)
     store, layout = ArtifactStore(store_url), JobLayout(request.job_id)
 
     victim_segment = victim = None
@@ -176,7 +188,7 @@ def test_killed_worker_costs_only_its_unfinished_segments(cluster, tiny_model, c
             assert len(segment_runs) == 2, (segment, summary)  # the lost run's unfinished ones: once more
     assert store.read_json(layout.segment_record(victim_segment))["attempt"] == 2
 
-    again = wait_for(run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0).id)
+    again = wait_for(run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0).id)
     assert again.state.is_completed()
     assert runs_of_job(request.job_id) and len(runs_of_job(request.job_id)) == len({r.id for rs in runs.values() for r in rs})
 
@@ -193,7 +205,7 @@ def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model,
     reference, driving = clip_inputs
     request = small_request(reference, driving, tiny_model, str(tmp_path / "store"), dispatch="deployment",
                             segments_per_run=8, job_id=f"pend-{uuid.uuid4().hex[:8]}")
-    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    parent = run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0)
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
         while not any(r.state and r.state.type.value == "PENDING" for r in runs_of_job(request.job_id)):
@@ -215,6 +227,42 @@ def test_worker_killed_while_its_run_is_pending_is_replaced(cluster, tiny_model,
     assert records and {(r["attempt"], r["worker"]) for r in records} == {(2, second)}
 
 
+# Prefect marks a run Late once it is this many seconds past its start (15 s) and its service looked (every 5 s).
+LATE_AFTER = 20
+
+
+def test_two_jobs_start_at_once_and_queued_segments_are_never_late(cluster, tiny_model, clip_inputs, tmp_path):
+    """Two jobs submitted together run at once on the one cpu worker; their segment runs wait for the
+    two GPU workers in the Queued state, never Late, and are named after their job, segment and try."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    server, _ = cluster
+    reference, driving = clip_inputs
+    jobs = [f"pair-{seed}-{uuid.uuid4().hex[:6]}" for seed in (1, 2)]
+    requests = [small_request(reference, driving, tiny_model, str(tmp_path / "store"), seed=seed, steps=6,
+                              segments_per_run=1, job_id=job) for seed, job in zip((1, 2), jobs)]
+    parents = [run_deployment("render/farm", parameters={"request": r.model_dump()}, timeout=0) for r in requests]
+    deadline = time.monotonic() + JOB_TIMEOUT
+    with get_client(sync_client=True) as client:
+        while not all((state := client.read_flow_run(p.id).state).is_running() for p in parents):
+            assert not state.is_final() and time.monotonic() < deadline, f"{state}\n{server.log_tail()}"
+            time.sleep(0.5)
+    finals = [wait_for(p.id) for p in parents]
+    assert all(f.state.is_completed() for f in finals), f"{[f.state for f in finals]}\n{server.log_tail()}"
+    assert [f.name for f in finals] == [f"render-driving-{job}-run-1" for job in jobs]
+
+    segment_runs = [run for job in jobs for run in runs_of_job(job)]
+    waits = [(run.start_time - run.created).total_seconds() for run in segment_runs]
+    assert max(waits) > LATE_AFTER, waits  # some waited long enough to be marked Late, were they Scheduled
+    with get_client(sync_client=True) as client:
+        histories = {run.name: [s.name for s in client.read_flow_run_states(run.id)] for run in segment_runs}
+    assert all(history[:2] == ["Queued", "Pending"] and "Late" not in history for history in histories.values()), \
+        histories
+    expected = {f"{job}-segment-{k}-try-1" for job in jobs for k in range(len(segment_runs) // 2)}
+    assert set(histories) == expected
+
+
 def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, tmp_path):
     from prefect import get_client
     from prefect.deployments import run_deployment
@@ -224,7 +272,7 @@ def test_cancelling_a_job_stops_its_segments(cluster, tiny_model, clip_inputs, t
     reference, driving = clip_inputs
     request = small_request(reference, driving, tiny_model, str(tmp_path / "store"), dispatch="deployment", steps=40,
                             job_id=f"cancel-{uuid.uuid4().hex[:8]}")
-    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    parent = run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0)
     deadline = time.monotonic() + JOB_TIMEOUT
     while time.monotonic() < deadline:
         if any(r.state and r.state.is_running() for r in runs_of_job(request.job_id)):

@@ -1,4 +1,5 @@
-"""The inbox: a scheduled deployment picks up submissions; broken ones land in failed/ with a reason."""
+"""The inbox: the watcher starts a deployment run when submissions arrive (none for an empty inbox);
+broken submissions land in failed/ with a reason."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import re
 import shutil
 import time
-from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -35,71 +35,89 @@ def completed_runs(deployment_id) -> list:
         )
 
 
-@pytest.fixture
-def scheduled_inbox(prefect_server, tiny_model, tmp_path):
-    """An inbox deployment on the cpu pool, scheduled every 10 s, and a cpu worker to run it."""
+def inbox_runs(deployment_id) -> list:
     from prefect import get_client
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
-    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+
+def inbox_deployment(tmp_path, **parameters) -> tuple[str, str]:
+    """An inbox deployment on the cpu pool for a test's own inbox (as prefect.yaml's, no schedule):
+    its id and name."""
+    from prefect import get_client
 
     from flows.cli import create_pools_and_queues
     from flows.localcluster import PROJECT_DIR
 
-    inbox, store = tmp_path / "inbox", tmp_path / "store"
     create_pools_and_queues()
+    name = f"test-{tmp_path.name}"
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("inbox")
         deployment_id = client.create_deployment(
-            flow_id=flow_id, name=f"test-{tmp_path.name}", entrypoint="flows.inbox:inbox", work_pool_name="cpu",
+            flow_id=client.create_flow_from_name("inbox"), name=name, entrypoint="flows.inbox:inbox",
+            work_pool_name="cpu", concurrency_limit=1, parameters=dict(inbox_url=str(tmp_path / "inbox"), **parameters),
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(PROJECT_DIR)}}],
-            parameters=dict(inbox_url=str(inbox), store=str(store), model=str(tiny_model), dispatch="local"),
-            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(seconds=10)))],
-            concurrency_limit=1, paused=True,
         )
-    worker = f"inbox-worker-{tmp_path.name}"
-    prefect_server.start_worker("cpu", worker)
-    yield inbox, deployment_id
-    with get_client(sync_client=True) as client:
-        client.pause_deployment(deployment_id)
-    prefect_server.kill_worker(worker)
+    return deployment_id, f"inbox/{name}"
+
+
+def test_watcher_starts_one_run_per_set_of_waiting_submissions(prefect_server, clip_inputs, tmp_path):
+    """No run for an empty inbox; one for what waits, however often it looks; a new one when more arrive."""
+    from flows.inbox import start_inbox_run
+    from storage.inbox import Inbox
+
+    reference, driving = clip_inputs
+    deployment_id, deployment = inbox_deployment(tmp_path)  # no worker: its runs wait
+    box = Inbox(tmp_path / "inbox")
+    assert start_inbox_run(box, deployment) is None and not inbox_runs(deployment_id)
+    (tmp_path / "inbox" / "incoming" / "half-uploaded").mkdir(parents=True)  # no job.json yet
+    assert start_inbox_run(box, deployment) is None
+    submit(tmp_path / "inbox", "shot-010", reference, driving)
+    first = start_inbox_run(box, deployment)
+    assert first and start_inbox_run(box, deployment) == first
+    submit(tmp_path / "inbox", "shot-020", reference, driving)
+    second = start_inbox_run(box, deployment)
+    assert second not in (None, first)
+    assert sorted(r.name for r in inbox_runs(deployment_id)) == ["inbox: shot-010", "inbox: shot-010, shot-020"]
 
 
 @pytest.mark.e2e
-def test_scheduled_inbox_renders_and_sorts_submissions(prefect_server, scheduled_inbox, clip_inputs, tmp_path):
-    from prefect import get_client
-
-    inbox, deployment_id = scheduled_inbox
+def test_watched_inbox_renders_and_sorts_submissions_and_stays_quiet(prefect_server, tiny_model, clip_inputs,
+                                                                    tmp_path):
+    inbox = tmp_path / "inbox"
+    deployment_id, deployment = inbox_deployment(tmp_path, store=str(tmp_path / "store"), model=str(tiny_model),
+                                                 dispatch="local")
     reference, driving = clip_inputs
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"this is not a video")
     submit(inbox, "shot-010", reference, driving, **SETTINGS)
     submit(inbox, "shot-020", reference, driving, seed=3, **SETTINGS)
     submit(inbox, "shot-030", reference, broken, **SETTINGS)
-    with get_client(sync_client=True) as client:
-        client.resume_deployment(deployment_id)
+    worker, watcher = f"inbox-worker-{tmp_path.name}", f"inbox-watcher-{tmp_path.name}"
+    prefect_server.start_worker("cpu", worker)
+    prefect_server.start_command(watcher, ["watch-inbox", "--every", "2", "--deployment", deployment])
+    try:
+        deadline = time.monotonic() + INBOX_TIMEOUT
+        while not completed_runs(deployment_id) and time.monotonic() < deadline:
+            time.sleep(2)
+        first = completed_runs(deployment_id)
+        assert first and first[0].state.is_completed(), prefect_server.log_tail()
 
-    deadline = time.monotonic() + INBOX_TIMEOUT
-    while not completed_runs(deployment_id) and time.monotonic() < deadline:
-        time.sleep(2)
-    first = completed_runs(deployment_id)
-    assert first and first[0].state.is_completed(), prefect_server.log_tail()
+        assert sorted(p.name for p in (inbox / "done").iterdir()) == ["shot-010", "shot-020"]
+        for name in ("shot-010", "shot-020"):
+            assert (inbox / "done" / name / "output.mp4").stat().st_size > 0
+            assert json.loads((inbox / "done" / name / "result.json").read_text())["audio_seconds"] > 0
+        assert [p.name for p in (inbox / "failed").iterdir()] == ["shot-030"]
+        reason = (inbox / "failed" / "shot-030" / "reason.txt").read_text()
+        assert "motion.mp4" in reason and "video" in reason, reason
+        assert not any((inbox / "incoming").iterdir()) and not any((inbox / "processing").iterdir())
 
-    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["shot-010", "shot-020"]
-    for name in ("shot-010", "shot-020"):
-        assert (inbox / "done" / name / "output.mp4").stat().st_size > 0
-        assert json.loads((inbox / "done" / name / "result.json").read_text())["audio_seconds"] > 0
-    assert [p.name for p in (inbox / "failed").iterdir()] == ["shot-030"]
-    reason = (inbox / "failed" / "shot-030" / "reason.txt").read_text()
-    assert "motion.mp4" in reason and "video" in reason, reason
-    assert not any((inbox / "incoming").iterdir()) and not any((inbox / "processing").iterdir())
-
-    # the schedule runs again: nothing is lost or processed twice
-    before = {p: p.stat().st_mtime for p in inbox.rglob("*") if p.is_file()}
-    while len(completed_runs(deployment_id)) < 2 and time.monotonic() < deadline:
-        time.sleep(2)
-    runs = completed_runs(deployment_id)
-    assert len(runs) >= 2
-    assert {p: p.stat().st_mtime for p in inbox.rglob("*") if p.is_file()} == before
+        time.sleep(10)  # five more looks at an empty inbox: no run, nothing touched
+        assert len(inbox_runs(deployment_id)) == 1
+    finally:
+        prefect_server.kill_worker(watcher)
+        prefect_server.kill_worker(worker)
 
 
 # --------------------------------------------------------------------------- confinement and isolation

@@ -79,7 +79,7 @@ def test_a_killed_rank_fails_the_run_and_the_job_completes(pair, tiny_model, cli
     request = small_request(reference, driving, tiny_model, str(tmp_path / "store"), dispatch="deployment", steps=12,
                             max_frames=14, segments_per_run=2, rank_timeout=RANK_TIMEOUT,
                             job_id=f"rank-kill-{uuid.uuid4().hex[:8]}")  # 2 segments, one run
-    parent = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+    parent = run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0)
     scratch = Path(pair.env["CONTROLNEXT_WORK_DIR"]) / request.job_id
     deadline = time.monotonic() + JOB_TIMEOUT
     victim = None

@@ -41,7 +41,7 @@ def test_job_layout_report_and_previews(local_job):
 
 def test_artifacts_in_prefect(local_job):
     from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     _, result, _ = local_job
     job = result["job_id"].lower()
@@ -52,9 +52,47 @@ def test_artifacts_in_prefect(local_job):
     with get_client(sync_client=True) as client:
         report = artifacts(f"{job}-report")
         assert report and "## Segments" in report[-1].data
-        for key in (f"{job}-progress", f"{job}-segment-0", f"{job}-poses", f"{job}-blend"):
-            found = artifacts(key)
-            assert found and found[-1].type == "progress" and found[-1].data == 100.0, key
+        assert "![Output frames beside their poses](data:image/jpeg;base64," in report[-1].data
+        (progress,) = artifacts(f"{job}-progress")  # the job's one progress bar
+        assert progress.type == "progress" and progress.data == 100.0 and progress.description.startswith("done")
+        run_artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]])))
+        assert {a.key for a in run_artifacts} == {f"{job}-progress", f"{job}-report"}  # no links: a local store
+
+
+def test_one_progress_bar_moves_with_denoising_steps(local_job, local_job_progress):
+    request, result, _ = local_job
+    updates = [(fraction, text) for key, fraction, text in local_job_progress]
+    assert {key for key, _, _ in local_job_progress} == {result["job_id"].lower() + "-progress"}
+    rendering = [fraction for fraction, text in updates if text.startswith("rendering:")]
+    total = len(result["segments"]) * request.steps
+    assert f"rendering: {total}/{total} denoising steps" in updates[-1][1] or any(
+        f"{total}/{total} denoising steps" in text for _, text in updates)
+    assert rendering == sorted(rendering) and len(set(rendering)) > len(result["segments"])  # moves within segments
+    assert [text for _, text in updates if text in ("poses", "blend", "encode", "report")] == [
+        "poses", "blend", "encode", "report"]
+
+
+def test_job_log_names_stages_and_ends_with_the_output(local_job, prefect_server):
+    import logging
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    request, result, out = local_job
+    for handler in logging.getLogger("prefect").handlers:
+        if isinstance(handler, APILogHandler):
+            handler.flush()
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(result["flow_run_id"])
+        logs = [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+    for stage in ("ingest", "poses", "align", "plan", "render", "blend", "encode", "report"):
+        assert f"stage {stage}: started" in logs and any(m.startswith(f"stage {stage}: finished in") for m in logs)
+    ours = [m for m in logs if not m.startswith("Finished in state")]
+    assert ours[-1] == f"job {result['job_id']} done: the output is at {out / 'result.mp4'}"
+    assert run.name == f"render-driving-{result['job_id']}-run-1" and f"job:{result['job_id']}" in run.tags
 
 
 def test_rerun_renders_nothing_again(local_job, prefect_server):

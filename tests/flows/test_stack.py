@@ -4,85 +4,16 @@ with every artifact in the object store: the wiring of docker/compose.yaml, exer
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
-from .conftest import small_request
+from .conftest import BUCKET, small_request
 
 pytestmark = pytest.mark.e2e
 
-BUCKET = "renders"
 JOB_TIMEOUT = 600
-
-
-def postgres_binary(name: str) -> str | None:
-    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
-    return found
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL server (initdb + pg_ctl), as the compose stack's `postgres` service."""
-    from flows.localcluster import free_port
-
-    initdb, pg_ctl = postgres_binary("initdb"), postgres_binary("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.skip("PostgreSQL server binaries not installed (CI installs Debian's postgresql: see .ci/run)")
-    root = Path(tempfile.mkdtemp(prefix="controlnext-pg-"))
-    root.chmod(0o755)
-    data, port = root / "data", free_port()
-    as_user = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "prefect", "--auth=trust"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def object_store():
-    """An S3-compatible server (moto) with the `renders` bucket, as the `object-store` service."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    from flows.localcluster import free_port
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = dict(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="stack-test",
-               AWS_SECRET_ACCESS_KEY="stack-test-secret", AWS_DEFAULT_REGION="us-east-1")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem().call_s3("create_bucket", Bucket=BUCKET)
-        yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
 
 
 def test_stack_runs_a_job_end_to_end(postgres, object_store, tiny_model, clip_inputs, tmp_path):
@@ -110,7 +41,7 @@ def test_stack_runs_a_job_end_to_end(postgres, object_store, tiny_model, clip_in
             cluster.start_worker("gpu", "stack-gpu-0")
             request = small_request(inputs.url("actor.png"), inputs.url("dance.mp4"), tiny_model, store_url,
                                     dispatch="deployment", output=f"s3://{BUCKET}/delivered/dance-actor.mp4")
-            run = run_deployment("render/default", parameters={"request": request.model_dump()}, timeout=0)
+            run = run_deployment("render/farm", parameters={"request": request.model_dump()}, timeout=0)
             deadline = time.monotonic() + JOB_TIMEOUT
             with get_client(sync_client=True) as client:
                 while not (state := client.read_flow_run(run.id).state).is_final():

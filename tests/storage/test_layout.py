@@ -58,6 +58,20 @@ def test_cache_keys_are_content_addressed() -> None:
         cache_key("poses", "not-a-hash", "poses.json")
 
 
+def test_upload_and_report_keys() -> None:
+    from storage.layout import upload_key
+
+    digest = "cd" * 32
+    assert upload_key(digest, "actor.png") == f"uploads/{digest[:16]}/actor.png"
+    with pytest.raises(ValueError, match="upload digest must be"):
+        upload_key("nope", "actor.png")
+    with pytest.raises(ValueError, match="plain file name"):
+        upload_key(digest, "a b.png")
+    layout = JobLayout("j1")
+    assert layout.segment_progress(3) == "jobs/j1/segments/0003/progress.json"
+    assert layout.contact_sheet == "jobs/j1/output/contact_sheet.jpg"
+
+
 def test_safe_name() -> None:
     assert safe_name("Take 3 (final).MOV") == "Take_3_final.MOV"
     assert safe_name("/uploads/Zoë's clip.mp4") == "Zoe_s_clip.mp4"

@@ -221,3 +221,36 @@ def test_other_fsspec_backends_use_a_temporary_key(tmp_path: Path) -> None:
     assert store.list() == ["jobs/a/x.bin"]
     assert store.read_bytes("jobs/a/x.bin") == b"done"
     store.delete_prefix("jobs")
+
+
+def test_presigned_links_download_without_credentials(store: ArtifactStore, s3_endpoint: str) -> None:
+    import httpx
+
+    ref = store.write_bytes("jobs/x/output/output.mp4", b"video bytes")
+    link = store.http_url(ref.key, expires_seconds=600)
+    if store.is_local:
+        assert link is None  # no HTTP access to a folder: the report shows the path
+        return
+    assert link.startswith(f"{s3_endpoint}/{S3_BUCKET}/") and S3_SECRET not in link
+    assert httpx.get(link).content == b"video bytes"
+    public = s3_endpoint.replace("127.0.0.1", "localhost")  # the store as a browser elsewhere reaches it
+    other = store.http_url(ref.key, endpoint_url=public)
+    assert other.startswith(f"{public}/") and httpx.get(other).content == b"video bytes"
+    with pytest.raises(ValueError, match="expires_seconds"):
+        store.http_url(ref.key, expires_seconds=8 * 24 * 3600)
+
+
+def test_uploads_are_content_addressed(store: ArtifactStore, tmp_path: Path) -> None:
+    from storage.transfer import InputNotFoundError, upload
+
+    path = tmp_path / "Take 3 (final).mp4"
+    path.write_bytes(b"the clip")
+    ref = upload(store, path)
+    assert ref.key == f"uploads/{sha256_file(path)[:16]}/Take_3_final.mp4" and ref.url == store.url(ref.key)
+    assert store.read_bytes(ref.key) == b"the clip"
+    written = store.modified(ref.key)
+    assert upload(store, path) == ref and store.modified(ref.key) == written  # not sent again
+    (tmp_path / "other.mp4").write_bytes(b"another clip")
+    assert upload(store, tmp_path / "other.mp4").key != ref.key
+    with pytest.raises(InputNotFoundError, match="missing.png"):
+        upload(store, tmp_path / "missing.png")

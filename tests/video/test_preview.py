@@ -50,3 +50,27 @@ def test_side_by_side_rounds_an_odd_height_down_to_even(tmp_path: Path) -> None:
         [pattern(1, (480, 640))] * 2, 24, height=33,
     )
     assert (out.height, out.width) == (32, 18 + 42 + 42)
+
+
+def test_contact_sheet_puts_results_beside_their_poses_in_a_grid() -> None:
+    from controlnext_video.video import contact_sheet, decode_png, encode_jpeg, evenly_spaced
+
+    poses = [np.zeros((64, 32, 3), np.uint8) for _ in range(5)]
+    results = [np.full((64, 32, 3), 10 * (i + 1), np.uint8) for i in range(5)]
+    sheet = contact_sheet(poses, results, columns=3, panel_height=32, gap=2)
+    # cells: pose 16 + result 16 wide, 32 tall; 3 columns, 2 rows, 2-pixel white gaps
+    assert sheet.shape == (2 * 32 + 2, 3 * 32 + 2 * 2, 3) and sheet.dtype == np.uint8
+    assert sheet[:32, :16].max() == 0 and (sheet[:32, 16:32] == 10).all()  # pose | result 0
+    assert sheet[34:, 34:50].max() == 0 and (sheet[34:, 50:66] == 50).all()  # row 2, column 2: pose | result 4
+    assert (sheet[34:, 68:] == 255).all()  # no sixth cell: white
+    assert (sheet[32:34] == 255).all()
+    jpeg = encode_jpeg(sheet, quality=80)
+    assert jpeg[:2] == b"\xff\xd8" and len(jpeg) < 10_000
+    with pytest.raises(VideoError):
+        decode_png(jpeg[:10])
+    with pytest.raises(ValueError, match="as many poses as results"):
+        contact_sheet(poses, results[:2])
+    assert evenly_spaced(30, 8) == [0, 4, 8, 12, 17, 21, 25, 29]
+    assert evenly_spaced(3, 8) == [0, 1, 2] and evenly_spaced(10, 1) == [0]
+    with pytest.raises(ValueError):
+        evenly_spaced(0, 8)
