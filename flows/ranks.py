@@ -31,7 +31,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from .settings import Environment
 from .stages import JobContext, get_pipeline, render_segment_frames, segment_done, segment_record, write_segment_record
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
