@@ -50,15 +50,16 @@ def test_auto_segment_length_divides_over_the_gpus(window, overlap, gpus):
 
 
 def test_auto_segment_length_in_the_request():
-    auto = RenderRequest(reference="r.png", driving="d.mp4", segment_length=0, gpus_per_segment=8)
+    inputs = dict(reference="r.png", driving="d.mp4")
+    auto = RenderRequest(**inputs, segment_length=0, gpus_per_segment=8)
     assert auto.planned_segment_length() == auto_segment_length(24, 6, 8) == 581
-    assert RenderRequest(segment_length=0).planned_segment_length() == 77  # gpus_per_segment 0 plans for 1
+    assert RenderRequest(**inputs, segment_length=0).planned_segment_length() == 77  # gpus_per_segment 0 plans for 1
     explicit = auto.model_copy(update=dict(segment_length=581))
     assert auto.pixel_settings() == explicit.pixel_settings()  # the length planned is what counts
-    faster = RenderRequest(gpus_per_segment=4, rank_timeout=20)
-    assert faster.pixel_settings() == RenderRequest().pixel_settings()  # GPUs do not change the pictures
+    faster = RenderRequest(**inputs, gpus_per_segment=4, rank_timeout=20)
+    assert faster.pixel_settings() == RenderRequest(**inputs).pixel_settings()  # GPUs do not change the pictures
     with pytest.raises(ValueError, match="segment_length must be at least 2"):
-        RenderRequest(segment_length=1)
+        RenderRequest(**inputs, segment_length=1)
 
 
 def test_a_failed_run_is_lost_unless_a_rank_failed_on_its_input(tmp_path):
@@ -101,7 +102,7 @@ def test_the_plan_states_the_speedup_cap():
     from controlnext_video.segments import plan_segments
     from flows.stages import JobContext, window_balance
 
-    job = JobContext(store=None, layout=None, request=RenderRequest(), env=None)
+    job = JobContext(store=None, layout=None, request=RenderRequest(reference="r.png", driving="d.mp4"), env=None)
     text = window_balance(job, plan_segments(500, 240, 8), 8)  # 240 frames + the reference pose: 14 windows
     assert text == ("segments of up to 240 frames have 14 windows: on 8 GPU(s) each, at most 7.00x one GPU's "
                     "speed (W / ceil(W / G))")
