@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -84,14 +85,23 @@ def test_job_log_names_stages_and_ends_with_the_output(local_job, prefect_server
     for handler in logging.getLogger("prefect").handlers:
         if isinstance(handler, APILogHandler):
             handler.flush()
+    closing = f"job {result['job_id']} done: the output is at {out / 'result.mp4'}"
+    deadline = time.monotonic() + 120  # the log worker sends in batches: wait for the last line to land
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(result["flow_run_id"])
-        logs = [log.message for log in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+        while True:
+            logs, page = [], True
+            while page:  # the API answers at most 200 logs a call
+                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])),
+                                        limit=200, offset=len(logs))
+                logs += [log.message for log in page]
+            if closing in logs or time.monotonic() > deadline:
+                break
+            time.sleep(1)
     for stage in ("ingest", "poses", "align", "plan", "render", "blend", "encode", "report"):
         assert f"stage {stage}: started" in logs and any(m.startswith(f"stage {stage}: finished in") for m in logs)
     ours = [m for m in logs if not m.startswith("Finished in state")]
-    assert ours[-1] == f"job {result['job_id']} done: the output is at {out / 'result.mp4'}"
+    assert ours[-1] == closing
     assert run.name == f"render-driving-{result['job_id']}-run-1" and f"job:{result['job_id']}" in run.tags
 
 
