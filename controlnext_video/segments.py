@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .distributed import decode_frames, rank_and_size
+from .noise import keyed_noise
 
 # The reference pose frame's noise index: driving frame i uses index i + 1.
 REFERENCE_FRAME_INDEX = 0
@@ -115,14 +116,7 @@ def plan_segments(num_frames: int, segment_length: int, segment_overlap: int) ->
 
 def frame_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
     """Initial noise `(1, len(indices), *shape)`: frame i's noise depends only on (seed, i)."""
-    frames = []
-    for index in indices:
-        if index < 0:
-            raise ValueError(f"frame index must be >= 0, got {index}")
-        state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, index]).generate_state(2, dtype=np.uint32)
-        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        frames.append(torch.randn(tuple(shape), generator=generator))
-    return torch.stack(frames)[None]
+    return keyed_noise(seed, indices, shape)
 
 
 def blend_frames(plan: SegmentPlan, frame: int, contributions: dict[int, np.ndarray]) -> np.ndarray:
