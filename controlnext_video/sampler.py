@@ -137,7 +137,8 @@ class SigmaParameterization:
     @classmethod
     def of(cls, scheduler) -> SigmaParameterization:
         config = scheduler.config
-        if not hasattr(scheduler, "sigmas") or config.get("prediction_type") not in ("epsilon", "v_prediction", "sample"):
+        if not (hasattr(scheduler, "sigmas") and hasattr(scheduler, "alphas_cumprod")) or \
+                config.get("prediction_type") not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"the corrector and churn need an Euler-family scheduler with sigmas and an epsilon, "
                              f"v_prediction or sample prediction type; got {type(scheduler).__name__}")
         alphas = np.asarray(scheduler.alphas_cumprod, dtype=np.float64)
