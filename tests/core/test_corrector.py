@@ -209,3 +209,30 @@ def test_pipeline_corrector_and_churn(tiny_pipe):
         call(corrector_steps=1, frame_indices=(0, 1))
     with pytest.raises(ValueError, match="corrector_steps"):
         call(corrector_steps=-1)
+
+
+def test_render_segment_keys_the_fresh_noise_by_seed_and_global_frame_indices():
+    """A later segment's pipeline frames are keyed by their clip-global indices (the reference pose
+    frame by 0), with the request's seed, as its initial noise is."""
+    from controlnext_video.segments import render_segment
+
+    calls = []
+
+    class SpyPipe:
+        def latent_shape(self, n, height, width):
+            return (1, n, 4, height // 8, width // 8)
+
+        def __call__(self, reference, poses, **kwargs):
+            calls.append(kwargs)
+            return kwargs["latents"]
+
+        def decode_latents(self, latents, chunk, process_group=None):
+            yield torch.zeros(latents.shape[1], 16, 16, 3).numpy()
+
+    segment = plan_segments(30, 12, 4).segments[1]
+    poses = [torch.zeros(16, 16, 3, dtype=torch.uint8).numpy()] * (segment.length + 1)
+    frames = list(render_segment(SpyPipe(), poses[0], poses, segment, seed=9, decode_chunk_size=4, corrector_steps=1))
+    assert [index for index, _ in frames] == list(range(segment.start, segment.stop))
+    (kwargs,) = calls
+    assert kwargs["noise_seed"] == 9 and kwargs["corrector_steps"] == 1
+    assert tuple(kwargs["frame_indices"]) == segment.noise_indices == (0, *range(segment.start + 1, segment.stop + 1))
