@@ -616,6 +616,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         )
         stochastic = StochasticOptions(corrector_steps=corrector_steps, corrector_snr=corrector_snr, s_churn=s_churn,
                                        s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+        noise = self.sampler_noise(stochastic, noise_seed, generator, frame_indices, plan.num_frames, process_group)
         height, width = ref.shape[:2]
         device = self._execution_device
 
@@ -632,7 +633,6 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(scheduler.timesteps)
         self._model_evaluations = stochastic.model_evaluations(scheduler.sigmas)
-        noise = self.sampler_noise(stochastic, noise_seed, generator, frame_indices, plan.num_frames, process_group)
 
         # 4. Initial latents
         latents = self.prepare_latents(self.latent_shape(plan.num_frames, height, width), scheduler, generator, latents)
@@ -676,11 +676,14 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                       frame_indices: Sequence[int] | None, num_frames: int, process_group) -> FrameNoise | None:
         """The fresh noise of the corrector and churn (None when both are off): keyed by
         `noise_seed` (default: the generator's initial seed, else one from torch's global
-        generator, agreed over the ranks of `process_group`) and the clip-global frame indices."""
+        generator; it must be the same on every rank of `process_group`) and the clip-global
+        frame indices."""
         if not stochastic.active:
             return None
         if noise_seed is None:
             noise_seed = generator.initial_seed() if generator is not None else int(torch.randint(2**62, ()))
+        if not isinstance(noise_seed, int) or noise_seed < 0:
+            raise ValueError(f"noise_seed must be an integer >= 0, got {noise_seed!r}")
         if process_group is not None:
             check_same_on_all_ranks(torch.tensor([noise_seed]), process_group, "noise seeds (noise_seed or the generator's)")
         indices = tuple(range(num_frames)) if frame_indices is None else tuple(int(i) for i in frame_indices)

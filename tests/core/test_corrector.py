@@ -209,6 +209,8 @@ def test_pipeline_corrector_and_churn(tiny_pipe):
         call(corrector_steps=1, frame_indices=(0, 1))
     with pytest.raises(ValueError, match="corrector_steps"):
         call(corrector_steps=-1)
+    with pytest.raises(ValueError, match="noise_seed"):
+        call(s_churn=1.0, noise_seed=-3)
 
 
 def test_render_segment_keys_the_fresh_noise_by_seed_and_global_frame_indices():
