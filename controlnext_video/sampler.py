@@ -312,9 +312,11 @@ def _sample_stochastic(fused: FusedModel, latents: torch.Tensor, scheduler, opti
         else:
             sigma_hat, t_hat = sigma, t
         latents = latents + (latents - denoised(latents, sigma_hat, t_hat)) * ((sigma_next - sigma_hat) / sigma_hat)
-        if sigma_next > 0:
+        if sigma_next > 0:  # the last sigma is above 0 with `final_sigmas_type="sigma_min"`: no timestep of its own
+            t_next = timesteps[step + 1] if step + 1 < num_steps else \
+                torch.as_tensor(param.timestep(sigma_next), dtype=t.dtype, device=t.device)
             for k in range(options.corrector_steps):
-                score_denoised = denoised(latents, sigma_next, timesteps[step + 1])
+                score_denoised = denoised(latents, sigma_next, t_next)
                 latents = langevin_step(latents, score_denoised, sigma_next, options.corrector_snr,
                                         noise.draw(CORRECTOR_NOISE, step, k, latents))
         if on_step_end is not None:

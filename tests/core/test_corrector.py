@@ -95,6 +95,23 @@ def test_the_explicit_loop_with_a_corrector_of_size_zero_is_the_deterministic_sa
     assert torch.allclose(plain, explicit, rtol=1e-4, atol=1e-4)
 
 
+def test_a_schedule_ending_above_zero_is_corrected_at_its_last_sigma_too():
+    scheduler = EulerDiscreteScheduler(final_sigmas_type="sigma_min")
+    scheduler.set_timesteps(3)
+    options = StochasticOptions(corrector_steps=2)
+    assert scheduler.sigmas[-1] > 0 and options.model_evaluations(scheduler.sigmas) == 3 + 2 * 3
+    calls = []
+
+    def denoise(scaled, t, windows):
+        calls.append(float(t))
+        return [torch.sin(scaled[:, w.start : w.stop]) for w in windows]
+
+    out = sample_windows(denoise, torch.randn(1, 4, 2, 3, 3, generator=torch.Generator().manual_seed(0)), scheduler,
+                         plan_windows(4, 4, 1), stochastic=options, noise=FrameNoise(0, (0, 1, 2, 3)))
+    assert len(calls) == 9 and torch.isfinite(out).all()
+    assert calls[-1] == pytest.approx(SigmaParameterization.of(scheduler).timestep(float(scheduler.sigmas[-1])))
+
+
 def test_bad_options_are_named():
     for bad, name in ((dict(corrector_steps=-1), "corrector_steps"), (dict(corrector_snr=-0.1), "corrector_snr"),
                       (dict(s_churn=math.nan), "s_churn"), (dict(s_tmax=-1.0), "s_tmax")):
