@@ -58,9 +58,10 @@ def test_options_at_their_defaults_are_the_deterministic_sampler_bit_for_bit():
         latents = torch.randn(1, frames, 2, 3, 3, generator=torch.Generator().manual_seed(frames))
         plan = plan_windows(frames, window, overlap)
         plain = sample_windows(ranks.fake_denoiser(), latents, ranks.euler_scheduler(3), plan, windows_per_batch=per_batch)
-        off = sample_windows(ranks.fake_denoiser(), latents, ranks.euler_scheduler(3), plan, windows_per_batch=per_batch,
-                             stochastic=StochasticOptions(), noise=FrameNoise(0, tuple(range(frames))))
-        assert torch.equal(plain, off)
+        for off in (StochasticOptions(), StochasticOptions(corrector_snr=0.3, s_tmin=1.0, s_tmax=5.0, s_noise=1.1)):
+            assert torch.equal(plain, sample_windows(ranks.fake_denoiser(), latents, ranks.euler_scheduler(3), plan,
+                                                     windows_per_batch=per_batch, stochastic=off,
+                                                     noise=FrameNoise(0, tuple(range(frames)))))
     assert not StochasticOptions().active and StochasticOptions(s_churn=0.5).active
 
 
@@ -205,11 +206,12 @@ def test_a_frame_gets_the_same_noise_in_one_segment_or_several(options, svd_sche
 
 
 def test_pipeline_corrector_and_churn(tiny_pipe):
-    """Off: the default call bit for bit; on: other latents, the same on a second call, and the
-    cost reported."""
-    n, h, w = 5, 32, 32
+    """On: other latents than the default call's, the same on a second call (the noise seed is the
+    generator's), and the cost reported. (Off, the sampler is the deterministic one: tested above
+    on the sampler, and by the parity tests on the pipeline.)"""
+    n, h, w = 4, 32, 32
     ref, poses = random_inputs(n, h, w)
-    args = dict(num_inference_steps=2, window_size=4, overlap=1, output_type="latent")
+    args = dict(num_inference_steps=2, window_size=3, overlap=1, output_type="latent")
 
     def call(**options):
         return tiny_pipe(ref, poses, latents=initial_latents(tiny_pipe, n, h, w),
@@ -217,13 +219,12 @@ def test_pipeline_corrector_and_churn(tiny_pipe):
 
     default = call()
     assert tiny_pipe.model_evaluations == 2 and tiny_pipe.model_evaluations_per_step == 1.0
-    assert torch.equal(call(corrector_steps=0, s_churn=0.0, corrector_snr=0.3, noise_seed=5), default)
     corrected = call(corrector_steps=1, s_churn=1.0)
     assert tiny_pipe.model_evaluations == 2 + 1 and tiny_pipe.model_evaluations_per_step == 1.5
     assert torch.isfinite(corrected).all() and not torch.allclose(corrected, default)
-    assert torch.equal(call(corrector_steps=1, s_churn=1.0), corrected)
+    assert torch.equal(call(corrector_steps=1, s_churn=1.0, noise_seed=0), corrected)
     with pytest.raises(ValueError, match="frame_indices"):
-        call(corrector_steps=1, frame_indices=(0, 1))
+        call(corrector_steps=1, frame_indices=(0, 1, 2))
     with pytest.raises(ValueError, match="corrector_steps"):
         call(corrector_steps=-1)
     with pytest.raises(ValueError, match="noise_seed"):
