@@ -144,7 +144,7 @@ class RenderRequest(BaseModel):
                     "frame (Song et al.).")
     s_churn: float = Field(
         0.0, ge=0.0, le=100.0,
-        description="Karras churn: noise added before each step whose sigma is in [s_tmin, s_tmax], raising sigma "
+        description="Karras churn: noise added before each step whose sigma is between s_tmin and s_tmax, raising sigma "
                     "by min(s_churn / steps, 0.414) of itself (no extra model evaluation). 0: none.")
     s_tmin: float = Field(0.0, ge=0.0, le=CHURN_TMAX, description="Smallest sigma at which churn applies.")
     s_tmax: float = Field(CHURN_TMAX, ge=0.0, le=CHURN_TMAX,
