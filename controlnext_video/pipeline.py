@@ -40,7 +40,7 @@ from .distributed import agree_on_minimum, all_gather_uneven, check_same_on_all_
 from .injection import ControlInjector, ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .model_dir import CONTROLNEXT_COMPONENT, check_model_dir
-from .sampler import WindowDenoiser, sample_windows
+from .sampler import DEFAULT_CORRECTOR_SNR, FrameNoise, StochasticOptions, WindowDenoiser, sample_windows
 from .weights import load_into, own_memory
 from .windows import Window, WindowPlan, plan_windows
 
@@ -156,6 +156,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         # segments on a worker) start below them.
         self._batch_limits: dict[tuple[int, int, int], int] = {}
         self._num_timesteps = 0
+        self._model_evaluations = 0
 
     # ---------------------------------------------------------------- loading
 
@@ -234,6 +235,17 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         """Denoising steps of the current (or last) call."""
         return self._num_timesteps
 
+    @property
+    def model_evaluations(self) -> int:
+        """Guided model evaluations per window of the current (or last) call: one per step, plus
+        the corrector's (`corrector_steps` after every step that ends above sigma 0)."""
+        return self._model_evaluations
+
+    @property
+    def model_evaluations_per_step(self) -> float:
+        """`model_evaluations / num_timesteps`: the sampler's cost relative to plain Euler (1.0)."""
+        return self._model_evaluations / self._num_timesteps if self._num_timesteps else 0.0
+
     def set_memory_limit(self, gib: float | None) -> ControlNeXtSVDPipeline:
         """Cap this process's GPU memory at `gib` GiB (None: no cap): window batches are planned
         under the cap and the CUDA allocator enforces it, so a plan that fits a 24 GB card can be
@@ -311,8 +323,10 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         latents: torch.Tensor | None,
         output_type: str,
         callback_on_step_end_tensor_inputs: Sequence[str] = (),
+        frame_indices: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, torch.Tensor, WindowPlan]:
-        """Validate every argument before any model work.
+        """Validate every argument before any model work (the stochastic options validate as
+        they are built, `StochasticOptions`).
 
         Returns the reference as uint8 `(H, W, 3)`, the poses as a uint8 tensor `(N, H, W, 3)`
         on the CPU, and the window plan. Raises ValueError naming the offending argument.
@@ -367,6 +381,9 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, got {unknown}"
             )
         plan = plan_windows(len(pose_tensor), window_size, overlap)
+        if frame_indices is not None and (len(frame_indices) != len(pose_tensor) or min(frame_indices) < 0):
+            raise ValueError(f"frame_indices must give an index >= 0 for each of the {len(pose_tensor)} frames, "
+                             f"got {len(frame_indices)} indices")
         if latents is not None:
             expected = self.latent_shape(len(pose_tensor), height, width)
             if tuple(latents.shape) != expected:
@@ -533,6 +550,14 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         process_group=None,
+        corrector_steps: int = 0,
+        corrector_snr: float = DEFAULT_CORRECTOR_SNR,
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float = math.inf,
+        s_noise: float = 1.0,
+        noise_seed: int | None = None,
+        frame_indices: Sequence[int] | None = None,
     ) -> np.ndarray | torch.Tensor:
         """Animate `reference` with `poses`; `poses[0]` is the reference image's own pose.
 
@@ -566,6 +591,17 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 returns the one-process result bit for bit (with the same windows per UNet
                 call). The group's timeout bounds every wait on another rank. None: this
                 process alone.
+            corrector_steps, corrector_snr: a Langevin corrector after each denoising step
+                (predictor-corrector sampling): `corrector_steps` steps (0: none, the reference
+                sampler bit for bit), each one more model evaluation per window, with the step
+                size from the target signal-to-noise ratio (`sampler.langevin_step`).
+            s_churn, s_tmin, s_tmax, s_noise: Karras et al.'s churn (s_churn 0: none, the
+                reference sampler bit for bit); see `sampler.StochasticOptions`.
+            noise_seed: seed of the corrector's and churn's fresh noise (default: the
+                generator's initial seed, or one drawn from torch's global generator).
+            frame_indices: the clip-global index of each frame, which keys that noise (default
+                0..N-1); a segment passes its own (`Segment.noise_indices`), so a frame gets the
+                same noise whatever the segment plan.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -576,7 +612,11 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
             min_guidance_scale=min_guidance_scale, max_guidance_scale=max_guidance_scale,
             control_scale=control_scale, noise_aug_strength=noise_aug_strength, latents=latents,
             output_type=output_type, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            frame_indices=frame_indices,
         )
+        stochastic = StochasticOptions(corrector_steps=corrector_steps, corrector_snr=corrector_snr, s_churn=s_churn,
+                                       s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+        noise = self.sampler_noise(stochastic, noise_seed, generator, frame_indices, plan.num_frames, process_group)
         height, width = ref.shape[:2]
         device = self._execution_device
 
@@ -592,6 +632,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=device)
         self._num_timesteps = len(scheduler.timesteps)
+        self._model_evaluations = stochastic.model_evaluations(scheduler.sigmas)
 
         # 4. Initial latents
         latents = self.prepare_latents(self.latent_shape(plan.num_frames, height, width), scheduler, generator, latents)
@@ -619,7 +660,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 denoise, latents, scheduler, plan,
                 windows_per_batch=self._windows_per_batch(height, width, plan, process_group), on_step_end=on_step_end,
                 on_out_of_memory=partial(self._lower_batch_limit, (height, width, plan.window_size)),
-                process_group=process_group,
+                process_group=process_group, stochastic=stochastic, noise=noise,
             )
 
         # 6. Decode (each rank its share of the chunks, then gathered)
@@ -630,6 +671,23 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 latents = _gather_frames(latents, plan.num_frames, decode_chunk_size, process_group)
         self.maybe_free_model_hooks()
         return latents
+
+    def sampler_noise(self, stochastic: StochasticOptions, noise_seed: int | None, generator: torch.Generator | None,
+                      frame_indices: Sequence[int] | None, num_frames: int, process_group) -> FrameNoise | None:
+        """The fresh noise of the corrector and churn (None when both are off): keyed by
+        `noise_seed` (default: the generator's initial seed, else one from torch's global
+        generator; it must be the same on every rank of `process_group`) and the clip-global
+        frame indices."""
+        if not stochastic.active:
+            return None
+        if noise_seed is None:
+            noise_seed = generator.initial_seed() if generator is not None else int(torch.randint(2**62, ()))
+        if not isinstance(noise_seed, int) or noise_seed < 0:
+            raise ValueError(f"noise_seed must be an integer >= 0, got {noise_seed!r}")
+        if process_group is not None:
+            check_same_on_all_ranks(torch.tensor([noise_seed]), process_group, "noise seeds (noise_seed or the generator's)")
+        indices = tuple(range(num_frames)) if frame_indices is None else tuple(int(i) for i in frame_indices)
+        return FrameNoise(noise_seed, indices)
 
     def _windows_per_batch(self, height: int, width: int, plan: WindowPlan, process_group) -> int:
         """`batch_plan`, agreed over the ranks of `process_group` (the smallest wins)."""

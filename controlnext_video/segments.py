@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .distributed import decode_frames, rank_and_size
+from .noise import keyed_noise
 
 # The reference pose frame's noise index: driving frame i uses index i + 1.
 REFERENCE_FRAME_INDEX = 0
@@ -115,14 +116,7 @@ def plan_segments(num_frames: int, segment_length: int, segment_overlap: int) ->
 
 def frame_noise(seed: int, indices: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
     """Initial noise `(1, len(indices), *shape)`: frame i's noise depends only on (seed, i)."""
-    frames = []
-    for index in indices:
-        if index < 0:
-            raise ValueError(f"frame index must be >= 0, got {index}")
-        state = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, index]).generate_state(2, dtype=np.uint32)
-        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        frames.append(torch.randn(tuple(shape), generator=generator))
-    return torch.stack(frames)[None]
+    return keyed_noise(seed, indices, shape)
 
 
 def blend_frames(plan: SegmentPlan, frame: int, contributions: dict[int, np.ndarray]) -> np.ndarray:
@@ -171,7 +165,9 @@ def render_segment(
     The reference pose frame (pipeline frame 0) anchors the segment and is not yielded.
     Frames are decoded and yielded chunk by chunk, so a caller can write them as they come.
     `callback(step, total_steps)` reports denoising progress after every step (1-based); it may
-    raise to stop the render. Other keyword arguments go to the pipeline call.
+    raise to stop the render. Other keyword arguments go to the pipeline call. The sampler's fresh
+    noise (corrector, churn) is keyed, like the initial noise, by `seed` and the clip-global frame
+    indices, so a frame shared by two segments gets the same noise in both.
     With `process_group` (one process per GPU, all calling with the same arguments), the
     segment is denoised over the ranks and each rank yields only the frames it decodes (its
     run of whole decode chunks): together, the frames of one process, bit for bit.
@@ -189,7 +185,8 @@ def render_segment(
             raise ValueError("give callback or callback_on_step_end, not both")
         pipe_kwargs["callback_on_step_end"] = partial(_report_step, callback)
     final = pipe(reference, poses, latents=latents, output_type="latent", generator=torch.Generator().manual_seed(seed),
-                 decode_chunk_size=decode_chunk_size, process_group=process_group, **pipe_kwargs)
+                 decode_chunk_size=decode_chunk_size, process_group=process_group, noise_seed=seed,
+                 frame_indices=segment.noise_indices, **pipe_kwargs)
     mine = range(len(poses)) if process_group is None else \
         decode_frames(len(poses), decode_chunk_size, *reversed(rank_and_size(process_group)))
     index = mine.start - 1

@@ -36,6 +36,22 @@ def gpus_text(record: dict) -> str:
     return f"{len(devices)} × {kinds[0]}" if len(kinds) == 1 else ", ".join(devices)
 
 
+def sampler_text(request) -> str:
+    """The sampler and its cost: `Sampler: Euler, 25 steps, Langevin corrector 1 step per level
+    (snr 0.16), no churn: 49 model evaluations per window (1.96 per step; plain Euler 1).`"""
+    from controlnext_video.sampler import corrector_cost
+
+    steps, corrector = request.steps, request.corrector_steps
+    parts = [f"Euler, {steps} steps"]
+    parts.append(f"Langevin corrector {corrector} step{'s' if corrector != 1 else ''} per level "
+                 f"(snr {request.corrector_snr:g})" if corrector else "no corrector")
+    parts.append(f"churn {request.s_churn:g} for sigma in [{request.s_tmin:g}, {request.s_tmax:g}], noise "
+                 f"{request.s_noise:g}" if request.s_churn else "no churn")
+    evaluations = corrector_cost(steps, corrector)
+    return (f"Sampler: {', '.join(parts)}: {evaluations} model evaluations per window "
+            f"({evaluations / steps:.3g} per step; plain Euler 1).")
+
+
 def _missing_poses(missing: list[int], total: int) -> str:
     if not missing:
         return "Every output frame has a pose."
@@ -89,6 +105,7 @@ def report_markdown(job: JobContext, summary: dict, links: dict[str, str], conta
         *(f"**Warning:** {note}" for note in ingest.get("notes", [])),
         "## Settings",
         _table(["setting", "value"], [[k, v] for k, v in settings.items()]),
+        sampler_text(request),
         "## Timings",
         _table(["stage", "seconds"], [[k, v] for k, v in summary["timings"].items()]),
         "## Segments",

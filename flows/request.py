@@ -22,6 +22,13 @@ RETIRED_FIELDS = ("stale_after_seconds",)
 MAX_SEGMENT_OVERLAP = 240
 # Fields where 0 means "planned automatically" (the form's cross-field rules leave 0 to the model).
 AUTO_ZERO = frozenset({"segment_length"})
+# Defaults of the sampler's stochastic options (`controlnext_video.sampler.StochasticOptions`); the
+# churn's upper sigma bound is finite here (a form and JSON have no infinity) and above the released
+# schedule's largest sigma (700), so it bounds nothing.
+CORRECTOR_SNR = 0.16
+CHURN_TMAX = 1000.0
+CORRECTOR_FIELDS = ("corrector_steps", "corrector_snr")
+CHURN_FIELDS = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def positioned(schema: dict) -> None:
@@ -125,6 +132,24 @@ class RenderRequest(BaseModel):
     smooth: bool = Field(True, description="Temporal smoothing of the poses (One Euro, zero lag).")
     max_gap: int = Field(4, ge=0, le=1000, description="Longest run of frames without a detected pose (in sampled "
                                                        "frames) that is interpolated; longer gaps stay empty.")
+
+    # advanced: sampler (stochastic options, off by default: the reference sampler)
+    corrector_steps: int = Field(
+        0, ge=0, le=10,
+        description="Langevin corrector steps after each denoising step (predictor-corrector sampling); each costs "
+                    "one more model evaluation per window and step. 0: none (the reference sampler).")
+    corrector_snr: float = Field(
+        CORRECTOR_SNR, ge=0.0, le=1.0,
+        description="The corrector's target signal-to-noise ratio: its step size is 2 (snr |z| / |score|)^2 per "
+                    "frame (Song et al.).")
+    s_churn: float = Field(
+        0.0, ge=0.0, le=100.0,
+        description="Karras churn: noise added before each step whose sigma is between s_tmin and s_tmax, raising sigma "
+                    "by min(s_churn / steps, 0.414) of itself (no extra model evaluation). 0: none.")
+    s_tmin: float = Field(0.0, ge=0.0, le=CHURN_TMAX, description="Smallest sigma at which churn applies.")
+    s_tmax: float = Field(CHURN_TMAX, ge=0.0, le=CHURN_TMAX,
+                          description="Largest sigma at which churn applies (the default bounds nothing).")
+    s_noise: float = Field(1.0, ge=0.0, le=2.0, description="Scale of the churn's noise.")
 
     # advanced: windows and segments
     window: int = Field(24, ge=2, le=128, description="Frames per temporal window (the model was trained on 24).")
@@ -230,8 +255,16 @@ class RenderRequest(BaseModel):
 
     def pixel_settings(self) -> dict:
         """The settings that decide the pictures (part of the job's identity); an automatic
-        segment length counts as the length it plans."""
-        return dict(self.model_dump(exclude=set(self.NON_PIXEL_FIELDS)), segment_length=self.planned_segment_length())
+        segment length counts as the length it plans. The corrector's settings count only with
+        corrector steps, the churn's only with churn: off, they change nothing (and a request
+        that leaves them off keeps the identity it had before they existed)."""
+        settings = self.model_dump(exclude={*self.NON_PIXEL_FIELDS, *CORRECTOR_FIELDS, *CHURN_FIELDS})
+        return dict(settings, **self.sampler_settings(), segment_length=self.planned_segment_length())
+
+    def sampler_settings(self) -> dict:
+        """The stochastic sampler options in force, as pipeline arguments (empty: the reference sampler)."""
+        fields = (CORRECTOR_FIELDS if self.corrector_steps else ()) + (CHURN_FIELDS if self.s_churn else ())
+        return {name: getattr(self, name) for name in fields}
 
 
 class FinetuneRequest(BaseModel):

@@ -344,7 +344,7 @@ def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None, pr
         decode_chunk_size=request.decode_chunk_size, callback=on_step, num_inference_steps=request.steps,
         min_guidance_scale=request.guidance_min, max_guidance_scale=request.guidance_max,
         window_size=request.window, overlap=request.overlap, control_scale=request.control_scale,
-        process_group=process_group,
+        process_group=process_group, **request.sampler_settings(),
     ):
         ref = store.write_bytes(layout.segment_frame(index, frame_index), encode_png(frame))
         frames.append(dict(frame=frame_index, sha256=ref.sha256))

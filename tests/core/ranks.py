@@ -108,15 +108,20 @@ SAMPLER_CASES = [(12, 4, 1, 1), (12, 4, 1, 2), (40, 8, 3, 3), (5, 8, 2, 1), (17,
 
 
 def sampler_results(process_group=None, offset: float = 0.0) -> dict[str, torch.Tensor]:
-    from controlnext_video.sampler import sample_windows
+    """Each case with the deterministic sampler and with the corrector and churn on (noise keyed
+    by frame indices that do not start at 0, as a later segment's)."""
+    from controlnext_video.sampler import FrameNoise, StochasticOptions, sample_windows
     from controlnext_video.windows import plan_windows
 
     results = {}
+    stochastic = StochasticOptions(corrector_steps=1, s_churn=1.0)
     for frames, window, overlap, per_batch in SAMPLER_CASES:
         latents = torch.randn(1, frames, 2, 3, 3, generator=torch.Generator().manual_seed(frames)) + offset
-        results[f"{frames}-{window}-{overlap}-{per_batch}"] = sample_windows(
-            fake_denoiser(), latents, euler_scheduler(3), plan_windows(frames, window, overlap),
-            windows_per_batch=per_batch, process_group=process_group)
+        for name, options in (("", None), ("-stochastic", stochastic)):
+            results[f"{frames}-{window}-{overlap}-{per_batch}{name}"] = sample_windows(
+                fake_denoiser(), latents, euler_scheduler(3), plan_windows(frames, window, overlap),
+                windows_per_batch=per_batch, process_group=process_group, stochastic=options,
+                noise=FrameNoise(5, tuple(range(7, 7 + frames))))
     return results
 
 

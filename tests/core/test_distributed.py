@@ -115,6 +115,19 @@ def test_a_group_of_one_gives_the_same_bits(tiny_pipe, group_of_one):
     assert (frames == group_frames).all() and frames.shape == (n, h, w, 3)
 
 
+def test_a_group_of_one_gives_the_same_bits_with_the_corrector_and_churn(tiny_pipe, group_of_one):
+    n, h, w = 4, 32, 32
+    ref, poses = random_inputs(n, h, w)
+    args = dict(num_inference_steps=2, window_size=3, overlap=1, output_type="latent", corrector_steps=1, s_churn=1.0,
+                frame_indices=(0, 9, 10, 11))
+    latents, group_latents = [
+        tiny_pipe(ref, poses, latents=initial_latents(tiny_pipe, n, h, w), generator=torch.Generator().manual_seed(0),
+                  process_group=group, **args)
+        for group in (None, group_of_one)
+    ]
+    assert torch.equal(latents, group_latents)
+
+
 # ------------------------------------------------------------------------------- several ranks
 
 
