@@ -36,8 +36,9 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .control import ControlNeXtModel
+from .controlnet import SVDControlNetModel
+from .controls import control_from_config, read_control_config
 from .distributed import agree_on_minimum, all_gather_uneven, check_same_on_all_ranks, decode_frames, rank_and_size
-from .injection import ControlInjector, ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .model_dir import CONTROLNEXT_COMPONENT, check_model_dir
 from .sampler import WindowDenoiser, sample_windows
@@ -139,7 +140,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         unet: UNetSpatioTemporalConditionModel,
         vae: AutoencoderKLTemporalDecoder,
         image_encoder: CLIPVisionModelWithProjection,
-        controlnext: ControlNeXtModel,
+        controlnext: ControlNeXtModel | SVDControlNetModel,
         scheduler: SchedulerMixin,
         feature_extractor: BaseImageProcessor,
     ) -> None:
@@ -192,9 +193,10 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         with torch.device("meta"):
             unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
             if files.layout == "diffusers":
-                controlnext = ControlNeXtModel.from_config(ControlNeXtModel.load_config(root / CONTROLNEXT_COMPONENT))
+                control_config = ControlNeXtModel.load_config(root / CONTROLNEXT_COMPONENT)
             else:
-                controlnext = ControlNeXtModel.for_unet(unet_config)
+                control_config = read_control_config(root)
+            controlnext = control_from_config(control_config, unet_config)
         load_into(unet, files.unet_weights, what="ControlNeXt UNet", dtype=torch_dtype)
         load_into(controlnext, files.controlnext_weights, what="ControlNeXt control module", dtype=torch_dtype)
 
@@ -461,7 +463,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
     def window_denoiser(
         self,
         *,
-        injector: ControlInjector,
+        injector,
         poses: torch.Tensor,
         image_embeddings: torch.Tensor,
         image_latents: torch.Tensor,
@@ -484,7 +486,6 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
             sample = torch.cat([scaled[:, w.start : w.stop] for w in windows]).to(device, dtype)
             control = torch.stack([poses[list(w.control_indices)] for w in windows])
             control = control.permute(0, 1, 4, 2, 3).to(device).to(dtype) / 255.0
-            features = controlnext(control, t)
             cond_latents = image_latents.to(dtype).unsqueeze(1).expand(k, size, -1, -1, -1)
             if do_cfg:
                 sample = torch.cat([sample, sample])
@@ -496,7 +497,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 embeddings = image_embeddings.expand(k, -1, -1)
                 time_ids = added_time_ids.expand(k, -1)
                 first_row = 0
-            injector.signal = ControlSignal(features, first_row=first_row, scale=control_scale)
+            injector.signal = controlnext.signal(control, t, first_row=first_row, scale=control_scale)
             model_input = torch.cat([sample, cond_latents], dim=2)
             output = unet(model_input, t, encoder_hidden_states=embeddings, added_time_ids=time_ids, return_dict=False)[0]
             output = output.float()
@@ -601,7 +602,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         if not min_guidance_scale == max_guidance_scale == 1.0:
             guidance = torch.linspace(min_guidance_scale, max_guidance_scale, plan.window_size, device=device)
             guidance = guidance.view(1, -1, 1, 1, 1)
-        with control_injection(self.unet) as injector, self.progress_bar(total=self._num_timesteps) as progress_bar:
+        with self.controlnext.injection(self.unet) as injector, self.progress_bar(total=self._num_timesteps) as progress_bar:
             denoise = self.window_denoiser(
                 injector=injector, poses=pose_frames, image_embeddings=image_embeddings, image_latents=image_latents,
                 added_time_ids=added_time_ids, guidance=guidance, control_scale=control_scale,

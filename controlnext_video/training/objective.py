@@ -4,8 +4,9 @@ One evaluation, for noise levels `sigma` (one per sample):
 - noisy latents `x = latents + sigma * noise`; the UNet sees `x / sqrt(sigma^2 + 1)` with the
   reference latents (unscaled) repeated over frames and concatenated on channels;
 - the UNet and the control module get the timestep `0.25 * ln(sigma)`;
-- the control enters the stock UNet through the same hook and module as at inference
-  (`controlnext_video.injection`), at scale 1 on every sample: no guidance batch in training;
+- the control enters the stock UNet through the same module and hooks as at inference (the
+  control module's `signal` and `injection`, `controlnext_video.controls`), at scale 1 on every
+  sample: no guidance batch in training;
 - `denoised = c_skip * x + c_out * v` with `c_skip = 1 / (sigma^2 + 1)` and
   `c_out = -sigma / sqrt(sigma^2 + 1)`;
 - loss per sample: the mean over frames, channels and pixels of
@@ -24,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..injection import ControlSignal, control_injection
 
 # Added time ids of the official training step (inference uses motion bucket 128).
 TRAIN_FPS_ID = 6
@@ -104,9 +104,9 @@ def denoising_loss(
 
     unet, controlnext = pipe.unet, pipe.controlnext
     control_dtype = next(controlnext.parameters()).dtype
-    features = controlnext(pose_frames.to(control_dtype), timesteps)
-    with control_injection(unet) as injector:
-        injector.signal = ControlSignal(features, first_row=0, scale=TRAIN_CONTROL_SCALE)
+    signal = controlnext.signal(pose_frames.to(control_dtype), timesteps, first_row=0, scale=TRAIN_CONTROL_SCALE)
+    with controlnext.injection(unet) as injector:
+        injector.signal = signal
         prediction = unet(
             unet_input, timesteps, encoder_hidden_states=image_embeddings, added_time_ids=time_ids, return_dict=False
         )[0]
