@@ -1,6 +1,6 @@
 """Fine-tuning ControlNeXt-SVD: the official v2 training objective, data sampling, the loop.
 
-- `denoising_loss`, `DenoisingObjective` (objective.py): the official training step.
+- `denoising_loss`, `denoise`, `DenoisingObjective` (objective.py): the official training step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
 - `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
 - `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`,
@@ -22,6 +22,7 @@ from .._lazy import lazy_getattr
 
 _LAZY = {
     "denoising_loss": ".objective",
+    "denoise": ".objective",
     "DenoisingObjective": ".objective",
     "NoiseSchedule": ".noise",
     "apply_conditioning_dropout": ".dropout",

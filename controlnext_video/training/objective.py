@@ -64,6 +64,46 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
         raise ValueError("sigmas must be positive")
 
 
+def denoise(
+    pipe,
+    *,
+    latents: torch.Tensor,
+    reference_latents: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    pose_frames: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    fps_id: float = TRAIN_FPS_ID,
+    motion_bucket_id: float = TRAIN_MOTION_BUCKET,
+    noise_aug_strength: float = TRAIN_NOISE_AUG,
+) -> torch.Tensor:
+    """The training step's denoised latents `c_skip * x + c_out * v` for `x = latents + sigma * noise`
+    (what `denoising_loss` compares with `latents`). Same inputs and shapes as `denoising_loss`
+    -> `(B, F, C, h, w)` in the UNet's dtype."""
+    batch, frames = latents.shape[:2]
+    sigma = sigmas.view(batch, 1, 1, 1, 1)
+    noisy = latents + sigma * noise
+    timesteps = TIMESTEP_SCALE * sigmas.log()
+    conditioning = reference_latents.unsqueeze(1).expand(-1, frames, -1, -1, -1)
+    unet_input = torch.cat([noisy / (sigma**2 + 1) ** 0.5, conditioning.to(noisy.dtype)], dim=2)
+    time_ids = torch.tensor(
+        [[fps_id, motion_bucket_id, noise_aug_strength]], dtype=sigmas.dtype, device=sigmas.device
+    ).expand(batch, -1)
+
+    unet, controlnext = pipe.unet, pipe.controlnext
+    control_dtype = next(controlnext.parameters()).dtype
+    signal = controlnext.signal(pose_frames.to(control_dtype), timesteps, first_row=0, scale=TRAIN_CONTROL_SCALE)
+    with controlnext.injection(unet) as injector:
+        injector.signal = signal
+        prediction = unet(
+            unet_input, timesteps, encoder_hidden_states=image_embeddings, added_time_ids=time_ids, return_dict=False
+        )[0]
+
+    c_out = -sigma / (sigma**2 + 1) ** 0.5
+    c_skip = 1 / (sigma**2 + 1)
+    return prediction * c_out + c_skip * noisy
+
+
 def denoising_loss(
     pipe,
     *,
@@ -94,26 +134,11 @@ def denoising_loss(
     _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights)
     batch, frames = latents.shape[:2]
     sigma = sigmas.view(batch, 1, 1, 1, 1)
-    noisy = latents + sigma * noise
-    timesteps = TIMESTEP_SCALE * sigmas.log()
-    conditioning = reference_latents.unsqueeze(1).expand(-1, frames, -1, -1, -1)
-    unet_input = torch.cat([noisy / (sigma**2 + 1) ** 0.5, conditioning.to(noisy.dtype)], dim=2)
-    time_ids = torch.tensor(
-        [[fps_id, motion_bucket_id, noise_aug_strength]], dtype=sigmas.dtype, device=sigmas.device
-    ).expand(batch, -1)
-
-    unet, controlnext = pipe.unet, pipe.controlnext
-    control_dtype = next(controlnext.parameters()).dtype
-    signal = controlnext.signal(pose_frames.to(control_dtype), timesteps, first_row=0, scale=TRAIN_CONTROL_SCALE)
-    with controlnext.injection(unet) as injector:
-        injector.signal = signal
-        prediction = unet(
-            unet_input, timesteps, encoder_hidden_states=image_embeddings, added_time_ids=time_ids, return_dict=False
-        )[0]
-
-    c_out = -sigma / (sigma**2 + 1) ** 0.5
-    c_skip = 1 / (sigma**2 + 1)
-    denoised = prediction * c_out + c_skip * noisy
+    denoised = denoise(
+        pipe, latents=latents, reference_latents=reference_latents, image_embeddings=image_embeddings,
+        pose_frames=pose_frames, sigmas=sigmas, noise=noise, fps_id=fps_id, motion_bucket_id=motion_bucket_id,
+        noise_aug_strength=noise_aug_strength,
+    )
     weighting = (1 + sigma**2) * sigma**-2.0
     error = weighting.float() * (denoised.float() - latents.float()) ** 2
     if loss_weights is not None:
