@@ -12,6 +12,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pose.conditions import DEFAULT_CONDITIONS, ConditionName, check_conditions
+
 from .liveness import SEGMENT_DEPLOYMENT
 from .settings import Environment
 
@@ -113,6 +115,12 @@ class RenderRequest(BaseModel):
     stride: int = Field(2, ge=1, le=16, description="Use every stride-th driving frame; output fps = source / stride.")
     max_frames: int = Field(0, ge=0, description="Render at most this many output frames (0: the whole clip).")
 
+    conditions: list[ConditionName] = Field(
+        default_factory=lambda: list(DEFAULT_CONDITIONS),
+        description="What the motion is taken from: pose (skeletons on the reference body), edges (Canny edges "
+                    "of the driving frames) and/or mask (the driver's person mask); edges and mask keep the "
+                    "clip's framing. The model's control module must have been trained on them.")
+
     # poses
     pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
     dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
@@ -196,6 +204,7 @@ class RenderRequest(BaseModel):
             raise ValueError("pose_backend 'dwpose' needs dwpose_models: a folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
         if self.align != "retarget" and self.root_motion != "body":
             raise ValueError(f"root_motion applies to align 'retarget' only, not {self.align!r}")
+        check_conditions(self.conditions)
         return self
 
     def planned_segment_length(self) -> int:
@@ -230,8 +239,12 @@ class RenderRequest(BaseModel):
 
     def pixel_settings(self) -> dict:
         """The settings that decide the pictures (part of the job's identity); an automatic
-        segment length counts as the length it plans."""
-        return dict(self.model_dump(exclude=set(self.NON_PIXEL_FIELDS)), segment_length=self.planned_segment_length())
+        segment length counts as the length it plans. The default conditions (pose alone) are
+        left out, so jobs of requests from before conditions existed keep their identity."""
+        settings = dict(self.model_dump(exclude=set(self.NON_PIXEL_FIELDS)), segment_length=self.planned_segment_length())
+        if tuple(self.conditions) == DEFAULT_CONDITIONS:
+            del settings["conditions"]
+        return settings
 
 
 class FinetuneRequest(BaseModel):

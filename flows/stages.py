@@ -98,6 +98,8 @@ def check_models(request: RenderRequest) -> dict:
         raise JobInputError(f"model: {exc}") from exc
     except PoseInputError as exc:
         raise JobInputError(str(exc)) from exc
+    if len(request.conditions) > 1:
+        raise JobInputError(f"conditions {request.conditions}: the model's control module takes one condition")
     return dict(model=fingerprint)
 
 
@@ -231,6 +233,64 @@ def align(job: JobContext, detections_key: str) -> tuple[int, list[int]]:
     return len(poses.aligned), [int(i) for i in np.flatnonzero(poses.aligned.missing)]
 
 
+def extract_conditions(job: JobContext, ingest_result: IngestResult, num_frames: int) -> dict[str, str]:
+    """The request's frame conditions (edges, mask; `pose.conditions`): every sampled driving frame's
+    map, fitted to the output size as the reference is (cached under `cache/conditions/` by clip
+    content, settings, size and sampling), with the reference's own map first, written to the job;
+    and a preview per condition. Returns the preview keys by condition."""
+    from pose.conditions import (
+        FRAME_CONDITIONS, ConditionSettings, condition_digest, extract_clip, extract_frames, maps_from_bytes,
+        maps_to_bytes, write_condition_preview,
+    )
+    from storage.layout import cache_key
+
+    from controlnext_video.video import decode_png
+
+    request, store, layout = job.request, job.store, job.layout
+    settings, max_frames = ConditionSettings(), request.max_frames or None
+    driving = job.local(ingest_result.driving_key)
+    previews = {}
+    for name in (c for c in request.conditions if c in FRAME_CONDITIONS):
+        digest = condition_digest(ingest_result.driving_sha256, name, settings, height=request.height,
+                                  width=request.width, stride=request.stride, max_frames=max_frames)
+        cached = cache_key("conditions", digest, f"{name}.npz")
+        if store.exists(cached):
+            maps = maps_from_bytes(store.read_bytes(cached))
+        else:
+            maps = extract_clip(driving, name, height=request.height, width=request.width, stride=request.stride,
+                                max_frames=max_frames, settings=settings)
+            store.write_bytes(cached, maps_to_bytes(maps))
+        if len(maps) != num_frames:
+            raise JobInputError(f"{name}: {len(maps)} driving frames decoded, the poses have {num_frames}")
+        reference = extract_frames(iter([decode_png(store.read_bytes(layout.reference_image))]), name, settings)
+        store.write_bytes(layout.condition_maps(name), maps_to_bytes(np.concatenate([reference, maps])))
+        target = job.scratch(f"{name}_preview.mp4")
+        write_condition_preview(driving, name, maps, target, stride=request.stride, max_frames=max_frames,
+                                fps=ingest_result.fps)
+        store.put_file(target, layout.condition_preview(name))
+        previews[name] = layout.condition_preview(name)
+    return previews
+
+
+def condition_frames(job: JobContext, frames: range) -> list[np.ndarray]:
+    """The control frames of output frames `frames`, the reference's first, for the request's one
+    condition (a control module takes one picture per frame: several conditions need a
+    multi-condition module). Shapes: each `(H, W, 3)` uint8."""
+    from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
+    from pose.render import render_pose
+
+    request, (h, w) = job.request, (job.request.height, job.request.width)
+    if len(request.conditions) != 1:
+        raise JobInputError(f"conditions {request.conditions}: this model's control module takes one condition")
+    name = request.conditions[0]
+    if name == "pose":
+        aligned = load_aligned(job)
+        return [render_pose(load_reference_pose(job), h, w)] + [render_pose(aligned[i], h, w) for i in frames]
+    maps = maps_from_bytes(job.store.read_bytes(job.layout.condition_maps(name)))
+    render = FRAME_CONDITION_TYPES[name].render
+    return [render(maps[0])] + [render(maps[i + 1]) for i in frames]
+
+
 def load_aligned(job: JobContext):
     from pose import openpose_json
 
@@ -328,16 +388,12 @@ def segment_done(job: JobContext, index: int) -> bool:
 def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None, process_group=None) -> list[dict]:
     """Render segment `index` and write its frames (PNG) as they are decoded; returns frame records.
     With `process_group` (one process per GPU), this rank's frames only."""
-    from pose.render import render_pose
-
     from controlnext_video.segments import render_segment
     from controlnext_video.video import decode_png, encode_png
 
     request, store, layout = job.request, job.store, job.layout
     segment = load_plan(job).segments[index]
-    aligned, h, w = load_aligned(job), request.height, request.width
-    poses = [render_pose(load_reference_pose(job), h, w)] + [render_pose(aligned[i], h, w)
-                                                              for i in range(segment.start, segment.stop)]
+    poses = condition_frames(job, range(segment.start, segment.stop))
     frames = []
     for frame_index, frame in render_segment(
         pipe, decode_png(store.read_bytes(layout.reference_image)), poses, segment, seed=request.seed,
