@@ -98,6 +98,11 @@ class ControlNeXtModel(ModelMixin, ConfigMixin):
             ]
         )
 
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the control frames (one RGB picture)."""
+        return 3
+
     @classmethod
     def for_unet(cls, unet_config: Mapping) -> "ControlNeXtModel":
         """A module whose features fit a `UNetSpatioTemporalConditionModel` with this config."""

@@ -134,6 +134,11 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
         self.controlnet_down_blocks = nn.ModuleList(_zero_conv(w) for w in skip_widths)
         self.controlnet_mid_block = _zero_conv(block_out_channels[-1])
 
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the control frames."""
+        return self.config.conditioning_channels
+
     @classmethod
     def from_unet(
         cls, unet: nn.Module, *, copy_weights: bool = True, **overrides

@@ -13,7 +13,12 @@ Designs:
   cross normalization (`control.ControlNeXtModel`, the released weights' design; the default);
 - "controlnet": a trainable copy of the UNet's down path and mid block whose zero-initialised
   1x1 convolutions add to every skip connection and the mid block output
-  (`controlnet.SVDControlNetModel`).
+  (`controlnet.SVDControlNetModel`);
+- "controlnext-multi": several conditions (pose, edges, mask) through one stem each and a shared,
+  condition-modulated trunk, injected as ControlNeXt's (`multicontrol.MultiConditionControlNeXtModel`).
+
+Each module also says how many channels its control frames have (`condition_channels`: 3 per
+condition picture).
 
 A model directory says which one it holds by the control module's config (`_class_name`):
 `controlnext/config.json` in the layout `save_pretrained` writes, `CONTROL_CONFIG_FILE` next to
@@ -33,10 +38,13 @@ from torch import nn
 from .control import ControlNeXtModel
 from .controlnet import SVDControlNetModel
 from .model_dir import CONTROL_CONFIG_FILE
+from .multicontrol import MultiConditionControlNeXtModel
 
-ControlType = Literal["controlnext", "controlnet"]
+ControlType = Literal["controlnext", "controlnet", "controlnext-multi"]
 CONTROL_TYPE_NAMES: tuple[str, ...] = get_args(ControlType)
-CONTROL_TYPES: dict[str, type] = {"controlnext": ControlNeXtModel, "controlnet": SVDControlNetModel}
+CONTROL_TYPES: dict[str, type] = {
+    "controlnext": ControlNeXtModel, "controlnet": SVDControlNetModel, "controlnext-multi": MultiConditionControlNeXtModel,
+}
 DEFAULT_CONTROL_TYPE = "controlnext"
 
 
@@ -60,7 +68,8 @@ def new_control(control_type: ControlType, unet: nn.Module, **overrides) -> nn.M
         raise ValueError(f"control_type must be one of {CONTROL_TYPE_NAMES}, got {control_type!r}")
     if control_type == "controlnet":
         return SVDControlNetModel.from_unet(unet, **overrides)
-    module = ControlNeXtModel(out_channels=int(unet.config["block_out_channels"][0]), **overrides).to(unet.device)
+    cls = CONTROL_TYPES[control_type]
+    module = cls(out_channels=int(unet.config["block_out_channels"][0]), **overrides).to(unet.device)
     return module if module.dtype == unet.dtype else module.to(unet.dtype)
 
 

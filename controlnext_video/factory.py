@@ -123,7 +123,7 @@ def tiny_components(seed: int = 0, control_type: ControlType = "controlnext") ->
     if control_type == "controlnext":
         controlnext = ControlNeXtModel.for_unet(unet.config)
     else:
-        controlnext = new_control(control_type, unet, **TINY_CONTROLNET)
+        controlnext = new_control(control_type, unet, **(TINY_CONTROLNET if control_type == "controlnet" else {}))
     return dict(
         unet=unet.eval().requires_grad_(False),
         vae=vae.eval().requires_grad_(False),

@@ -66,15 +66,17 @@ MIN_RESIZE_SIGMA = 0.001
 StepEndCallback = Callable[["ControlNeXtSVDPipeline", int, torch.Tensor, dict], dict]
 
 
-def _as_uint8_hwc(image, what: str) -> np.ndarray:
-    """An RGB image as a uint8 `(H, W, 3)` array (PIL image, uint8 array, or float array in [0, 1])."""
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+def _as_uint8_hwc(image, what: str, channels: int = 3) -> np.ndarray:
+    """An RGB image (or `channels // 3` RGB pictures stacked on the channel axis) as a uint8
+    `(H, W, channels)` array (PIL image, uint8 array, or float array in [0, 1])."""
+    if channels == 3 and hasattr(image, "convert") and hasattr(image, "size"):  # PIL
         return np.asarray(image.convert("RGB"))
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+    if array.ndim == 3 and array.shape[0] == channels and array.shape[-1] != channels:
         array = array.transpose(1, 2, 0)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"{what} must be an RGB image (H, W, 3), got shape {array.shape}")
+    if array.ndim != 3 or array.shape[-1] != channels:
+        kind = "an RGB image" if channels == 3 else f"{channels // 3} RGB pictures stacked on the channel axis"
+        raise ValueError(f"{what} must be {kind} (H, W, {channels}), got shape {array.shape}")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"{what} must be uint8 or float in [0, 1], got dtype {array.dtype}")
@@ -333,9 +335,10 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         if poses is None or len(poses) == 0:
             raise ValueError("poses is empty: give at least the reference pose (poses[0])")
         # uint8 on the CPU: a quarter of float32's memory; frames go to the device per window.
-        pose_tensor = torch.empty((len(poses), height, width, 3), dtype=torch.uint8)
+        channels = self.controlnext.condition_channels
+        pose_tensor = torch.empty((len(poses), height, width, channels), dtype=torch.uint8)
         for i in range(len(poses)):
-            pose = _as_uint8_hwc(poses[i], f"poses[{i}]")
+            pose = _as_uint8_hwc(poses[i], f"poses[{i}]", channels)
             if pose.shape[:2] != (height, width):
                 raise ValueError(
                     f"poses[{i}] is {pose.shape[1]}x{pose.shape[0]} (WxH), expected the output size {width}x{height}"
@@ -541,6 +544,9 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
             reference: RGB image at the output size (PIL, uint8 `(H, W, 3)`, or float in [0, 1]).
             poses: N rendered pose frames at the output size, same formats; frame i of the
                 output follows poses[i], and every window's first frame the reference pose.
+                With a multi-condition control module, each frame stacks its condition
+                pictures on the channel axis (`controlnext.condition_channels`), an absent
+                condition black.
             height, width: output size, multiples of 8 (default: the reference's size).
             num_inference_steps: denoising steps.
             min_guidance_scale, max_guidance_scale: guidance ramps linearly over each window's

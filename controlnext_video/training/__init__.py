@@ -2,7 +2,8 @@
 
 - `denoising_loss`, `denoise`, `DenoisingObjective` (objective.py): the official training step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
-- `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
+- `apply_conditioning_dropout` (dropout.py): the official conditioning dropout; `drop_conditions`,
+  random condition dropout for the multi-condition module.
 - `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`,
   `hand_mask`, `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
 - `BatchSettings`, `make_batch` (batch.py): encoded, noised batches from (seed, step).
@@ -26,6 +27,7 @@ _LAZY = {
     "DenoisingObjective": ".objective",
     "NoiseSchedule": ".noise",
     "apply_conditioning_dropout": ".dropout",
+    "drop_conditions": ".dropout",
     "ClipSource": ".data",
     "ArrayClip": ".data",
     "VideoClip": ".data",

@@ -36,7 +36,8 @@ TIMESTEP_SCALE = 0.25
 TRAIN_CONTROL_SCALE = 1.0
 
 
-def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights) -> None:
+def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights,
+                  control_channels: int = 3) -> None:
     if latents.ndim != 5:
         raise ValueError(f"latents must be (B, F, C, h, w), got shape {tuple(latents.shape)}")
     batch, frames, channels, height, width = latents.shape
@@ -52,8 +53,9 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
             )
     if image_embeddings.ndim != 3 or image_embeddings.shape[0] != batch:
         raise ValueError(f"image_embeddings must be (B={batch}, 1, D), got shape {tuple(image_embeddings.shape)}")
-    if pose_frames.ndim != 5 or tuple(pose_frames.shape[:3]) != (batch, frames, 3):
-        raise ValueError(f"pose_frames must be (B={batch}, F={frames}, 3, H, W), got shape {tuple(pose_frames.shape)}")
+    if pose_frames.ndim != 5 or tuple(pose_frames.shape[:3]) != (batch, frames, control_channels):
+        raise ValueError(f"pose_frames must be (B={batch}, F={frames}, {control_channels}, H, W), got shape "
+                         f"{tuple(pose_frames.shape)}")
     if loss_weights is not None and (
         loss_weights.ndim != 5 or tuple(loss_weights.shape[:3]) != (batch, frames, 1)
     ):
@@ -126,12 +128,13 @@ def denoising_loss(
     `pipe` is anything with those two attributes (a `ControlNeXtSVDPipeline`, a
     `DenoisingObjective`). `reduction="none"` returns each sample's loss.
     Shapes: latents and noise `(B, F, C, h, w)`, reference_latents `(B, C, h, w)`,
-    image_embeddings `(B, 1, D)`, pose_frames `(B, F, 3, H, W)` in [0, 1], sigmas `(B,)`,
-    loss_weights `(B, F, 1, H, W)` or None -> `()` float32 (the batch mean), or `(B,)`.
+    image_embeddings `(B, 1, D)`, pose_frames `(B, F, 3, H, W)` in [0, 1] (the control module's
+    `condition_channels`: 3 per condition for the multi-condition module), sigmas `(B,)`, loss_weights `(B, F, 1, H, W)` or None -> `()` float32 (the batch mean), or `(B,)`.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights)
+    _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights,
+                  pipe.controlnext.condition_channels)
     batch, frames = latents.shape[:2]
     sigma = sigmas.view(batch, 1, 1, 1, 1)
     denoised = denoise(
