@@ -95,7 +95,8 @@ def step_seconds(pipe, args) -> tuple[float, float]:
     sample = torch.randn(2, args.frames, unet.config.in_channels, h, w, generator=gen).to(device, dtype)
     embeddings = torch.randn(2, 1, unet.config.cross_attention_dim, generator=gen).to(device, dtype)
     time_ids = torch.tensor([TIME_IDS], dtype=dtype, device=device).expand(2, -1)
-    poses = torch.rand(1, args.frames, 3, args.height, args.width, generator=gen).to(device, dtype)
+    poses = torch.rand(1, args.frames, control.condition_channels, args.height, args.width, generator=gen)
+    poses = poses.to(device, dtype)
     t = torch.tensor(TIMED_TIMESTEP, device=device)
     times = {False: [], True: []}
     with control.injection(unet) as injector:
@@ -161,7 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "svd"), default="tiny")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--designs", nargs="+", choices=CONTROL_TYPE_NAMES, default=list(CONTROL_TYPE_NAMES))
+    parser.add_argument("--designs", nargs="+", choices=CONTROL_TYPE_NAMES, default=["controlnext", "controlnet"],
+                        help="controlnext-multi is timed with all its conditions present")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--frames", type=int, default=4, help="frames per window and per training example")
@@ -177,6 +179,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: steady timings on a shared machine)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if "controlnext-multi" in args.designs and args.train_steps and args.device != "meta":
+        parser.error("the convergence run draws pose-only examples: time controlnext-multi with --train-steps 0")
     torch.set_num_threads(args.threads)
 
     if args.device == "meta":

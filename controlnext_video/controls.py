@@ -37,8 +37,8 @@ from torch import nn
 
 from .control import ControlNeXtModel
 from .controlnet import SVDControlNetModel
-from .model_dir import CONTROL_CONFIG_FILE
-from .multicontrol import MultiConditionControlNeXtModel
+from .model_dir import CONTROL_CONFIG_FILE, CONTROLNEXT_COMPONENT, model_layout
+from .multicontrol import DEFAULT_CONDITION_TYPES, MultiConditionControlNeXtModel
 
 ControlType = Literal["controlnext", "controlnet", "controlnext-multi"]
 CONTROL_TYPE_NAMES: tuple[str, ...] = get_args(ControlType)
@@ -90,3 +90,21 @@ def read_control_config(path: Path) -> dict | None:
         return json.loads(file.read_text())
     except ValueError:
         raise ValueError(f"{file} is not valid JSON") from None
+
+
+def model_control_config(model_dir: str | Path) -> dict | None:
+    """The control module config of a model directory (either layout), None for a released
+    directory without one (ControlNeXt). Reads one JSON file, no weights."""
+    root = Path(model_dir).expanduser()
+    if model_layout(root) == "diffusers":
+        return json.loads((root / CONTROLNEXT_COMPONENT / "config.json").read_text())
+    return read_control_config(root)
+
+
+def model_condition_types(model_dir: str | Path) -> tuple[str, ...] | None:
+    """The conditions a model directory's multi-condition control module takes, in the order of
+    their pictures; None for a single-condition module (one picture per frame)."""
+    config = model_control_config(model_dir)
+    if config is None or control_class(config) is not MultiConditionControlNeXtModel:
+        return None
+    return tuple(config.get("condition_types", DEFAULT_CONDITION_TYPES))

@@ -88,18 +88,24 @@ def check_models(request: RenderRequest) -> dict:
     model's fingerprint. The job's worker must see the model directory the GPU workers load."""
     from pose.errors import PoseInputError
 
+    from controlnext_video.controls import model_condition_types
     from controlnext_video.model_dir import check_model_dir
     from controlnext_video.weights import WeightsError
 
     try:
         fingerprint = check_model_dir(request.model).fingerprint()
         request.pose_settings().check_model_files()
-    except (FileNotFoundError, WeightsError) as exc:
+        condition_types = model_condition_types(request.model)
+    except (FileNotFoundError, WeightsError, ValueError) as exc:
         raise JobInputError(f"model: {exc}") from exc
     except PoseInputError as exc:
         raise JobInputError(str(exc)) from exc
-    if len(request.conditions) > 1:
-        raise JobInputError(f"conditions {request.conditions}: the model's control module takes one condition")
+    if condition_types is None and len(request.conditions) > 1:
+        raise JobInputError(f"conditions {request.conditions}: the model's control module takes one condition "
+                            "(several need a multi-condition module, control type controlnext-multi)")
+    if condition_types is not None and not set(request.conditions) <= set(condition_types):
+        raise JobInputError(f"conditions {request.conditions}: the model's multi-condition control module takes "
+                            f"{list(condition_types)}")
     return dict(model=fingerprint)
 
 
@@ -272,17 +278,34 @@ def extract_conditions(job: JobContext, ingest_result: IngestResult, num_frames:
     return previews
 
 
-def condition_frames(job: JobContext, frames: range) -> list[np.ndarray]:
-    """The control frames of output frames `frames`, the reference's first, for the request's one
-    condition (a control module takes one picture per frame: several conditions need a
-    multi-condition module). Shapes: each `(H, W, 3)` uint8."""
+def condition_frames(job: JobContext, frames: range, condition_types: tuple[str, ...] | None = None
+                     ) -> list[np.ndarray]:
+    """The control frames of output frames `frames`, the reference's first.
+
+    `condition_types` None: a single-condition module, the request's one condition, one RGB
+    picture per frame. Otherwise a multi-condition module's types: their pictures stacked on the
+    channel axis in that order, black for those the request leaves out.
+    Shapes: each `(H, W, 3)` uint8, or `(H, W, 3 * len(condition_types))`."""
+    request = job.request
+    if condition_types is None:
+        if len(request.conditions) != 1:
+            raise JobInputError(f"conditions {request.conditions}: this model's control module takes one condition")
+        return _condition_pictures(job, request.conditions[0], frames)
+    missing = [c for c in request.conditions if c not in condition_types]
+    if missing:
+        raise JobInputError(f"conditions {missing} are not among the control module's {list(condition_types)}")
+    pictures = [_condition_pictures(job, name, frames) if name in request.conditions else None
+                for name in condition_types]
+    black = np.zeros((request.height, request.width, 3), np.uint8)
+    return [np.concatenate([black if p is None else p[i] for p in pictures], axis=2) for i in range(len(frames) + 1)]
+
+
+def _condition_pictures(job: JobContext, name: str, frames: range) -> list[np.ndarray]:
+    """One condition's pictures: the reference's, then those of `frames`. Shapes: `(H, W, 3)` uint8."""
     from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
     from pose.render import render_pose
 
-    request, (h, w) = job.request, (job.request.height, job.request.width)
-    if len(request.conditions) != 1:
-        raise JobInputError(f"conditions {request.conditions}: this model's control module takes one condition")
-    name = request.conditions[0]
+    h, w = job.request.height, job.request.width
     if name == "pose":
         aligned = load_aligned(job)
         return [render_pose(load_reference_pose(job), h, w)] + [render_pose(aligned[i], h, w) for i in frames]
@@ -393,7 +416,9 @@ def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None, pr
 
     request, store, layout = job.request, job.store, job.layout
     segment = load_plan(job).segments[index]
-    poses = condition_frames(job, range(segment.start, segment.stop))
+    condition_types = getattr(pipe.controlnext.config, "condition_types", None)
+    poses = condition_frames(job, range(segment.start, segment.stop),
+                             None if condition_types is None else tuple(condition_types))
     frames = []
     for frame_index, frame in render_segment(
         pipe, decode_png(store.read_bytes(layout.reference_image)), poses, segment, seed=request.seed,

@@ -215,3 +215,24 @@ def test_frame_conditions_are_extracted_cached_and_rendered_as_control_frames(ti
     other = stages.JobContext.open(request.store, seeded.job_id)
     stages.detect_poses(other, seeded, lambda done, total: None)
     assert list(stages.extract_conditions(other, seeded, num_frames)) == ["edges"]
+
+
+def test_several_conditions_stack_for_a_multi_condition_model(clip_inputs, tmp_path):
+    """A multi-condition model takes the request's conditions stacked in its own order, black for
+    the ones left out."""
+    from controlnext_video.factory import save_tiny_model
+    from flows import stages
+
+    reference, driving = clip_inputs
+    model = save_tiny_model(tmp_path / "multi", seed=0, control_type="controlnext-multi")
+    request = small_request(reference, driving, model, tmp_path / "store", conditions=["edges", "pose"])
+    ingested = stages.ingest(request)  # accepted: the model takes pose, edges and mask
+    job = stages.JobContext.open(request.store, ingested.job_id)
+    num_frames, _ = stages.align(job, stages.detect_poses(job, ingested, lambda done, total: None))
+    stages.extract_conditions(job, ingested, num_frames)
+    frames = stages.condition_frames(job, range(0, 3), ("pose", "edges", "mask"))
+    assert len(frames) == 4 and frames[0].shape == (request.height, request.width, 9)
+    pose_part, edges_part, mask_part = (np.stack(frames)[..., 3 * k : 3 * k + 3] for k in range(3))
+    assert pose_part.any() and edges_part.any() and not mask_part.any()
+    with pytest.raises(stages.JobInputError, match="not among"):
+        stages.condition_frames(job, range(0, 3), ("pose", "mask"))

@@ -145,3 +145,16 @@ def test_a_render_driven_by_edges(prefect_server, tiny_model, clip_inputs, tmp_p
     preview = summary["condition_previews"]["edges"]
     assert (tmp_path / "store" / preview).stat().st_size > 0
     assert "edges preview" in (tmp_path / "store" / summary["report"]).read_text()
+
+
+@pytest.mark.heavy
+def test_a_multi_condition_model_renders_pose_and_edges(prefect_server, clip_inputs, tmp_path):
+    """A multi-condition model directory renders a request with two conditions through the flow."""
+    from controlnext_video.factory import save_tiny_model
+    from flows.render import render
+
+    reference, driving = clip_inputs
+    model = save_tiny_model(tmp_path / "multi", seed=0, control_type="controlnext-multi")
+    request = small_request(reference, driving, model, tmp_path / "store", conditions=["pose", "edges"], max_frames=8)
+    summary = render(request)
+    assert summary["encoded"]["frames"] == 8 and list(summary["condition_previews"]) == ["edges"]
