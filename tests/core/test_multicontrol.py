@@ -107,3 +107,34 @@ def test_multi_condition_model_directory_loads(tmp_path):
     pipe = ControlNeXtSVDPipeline.from_pretrained(model)
     assert isinstance(pipe.controlnext, MultiConditionControlNeXtModel)
     assert pipe.controlnext.config.condition_types == ["pose", "edges", "mask"]
+
+
+def stacked_clip(seed: int):
+    """A synthetic clip whose control pictures stack pose, edges and a brightness mask."""
+    from pose.conditions import canny_edges, render_map
+
+    from controlnext_video.training import ArrayClip, moving_disc_clip
+
+    clip = moving_disc_clip(12, 48, seed)
+    edges = np.stack([render_map(canny_edges(f)) for f in clip.frame_array])
+    mask = np.stack([render_map(np.where(f.max(axis=2) > 150, 255, 0).astype(np.uint8)) for f in clip.frame_array])
+    return ArrayClip(clip.frame_array, np.concatenate([clip.pose_array, edges, mask], axis=3), clip.hands)
+
+
+def test_the_trainer_trains_a_multi_condition_module_with_condition_dropout(tmp_path):
+    from storage import ArtifactStore
+
+    from controlnext_video.training import BatchSettings, TrainingConfig, make_batch, train
+
+    pipe = build_tiny_pipeline(seed=0, control_type="controlnext-multi")
+    clips = [stacked_clip(0), stacked_clip(1)]
+    data = BatchSettings(height=32, width=32, sample_n_frames=3, frame_interval=2, condition_dropout=0.6)
+    batch = make_batch(pipe, clips, data, seed=0, step=0, indices=range(4), global_batch_size=4)
+    present = pipe.controlnext.presence(batch.pose_frames)
+    assert batch.pose_frames.shape[2] == 9 and (present.sum(dim=1) >= 1).all() and present.sum() < 12
+    config = TrainingConfig(steps=3, learning_rate=1e-3, warmup_steps=0, unet_training="none", mixed_precision="no",
+                            gradient_checkpointing=False, checkpoint_every=3, data=data)
+    before = {k: v.clone() for k, v in pipe.controlnext.state_dict().items()}
+    result = train(pipe, clips, config, store=ArtifactStore(tmp_path), prefix="run")
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    assert any(not torch.equal(before[k], v) for k, v in pipe.controlnext.state_dict().items())
