@@ -278,12 +278,24 @@ class FinetuneRequest(BaseModel):
     sample_n_frames: int = Field(14, ge=2, le=128, description="Frames per training example.")
     frame_interval: int = Field(3, ge=1, le=64, description="Frame interval inside a clip.")
     conditioning_dropout: float = Field(0.1, ge=0.0, le=1.0, description="Conditioning dropout probability.")
+    conditions: list[ConditionName] = Field(
+        default_factory=lambda: list(DEFAULT_CONDITIONS),
+        description="What the control module learns to follow: pose, edges and/or mask (as render takes them; "
+                    "several need a multi-condition model, control type controlnext-multi).")
+    condition_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Several conditions: probability of blacking out each one in an example "
+                                         "(at least one kept), so that any subset renders.")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every random draw of the run.")
     pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
     dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
     smooth: bool = Field(True, description="Temporal smoothing of the poses (as render does).")
     max_gap: int = Field(4, ge=0, le=1000, description="Longest detection gap (frames) that is interpolated.")
     device: str = Field("auto", description="Torch device: auto, cuda, cuda:N or cpu.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneRequest":
+        check_conditions(self.conditions)
+        return self
 
     def pose_settings(self):
         from pose.settings import PoseSettings
@@ -305,5 +317,6 @@ class FinetuneRequest(BaseModel):
             mixed_precision=precision, gradient_checkpointing=self.gradient_checkpointing,
             checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints, seed=self.seed,
             data=BatchSettings(height=self.height, width=self.width, sample_n_frames=self.sample_n_frames,
-                               frame_interval=self.frame_interval, conditioning_dropout=self.conditioning_dropout),
+                               frame_interval=self.frame_interval, conditioning_dropout=self.conditioning_dropout,
+                               condition_dropout=self.condition_dropout),
         )

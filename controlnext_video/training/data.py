@@ -175,9 +175,10 @@ class VideoClip:
 
     def poses(self, indices: Sequence[int]) -> np.ndarray:
         images = np.stack([self._render_pose(i) for i in indices])
-        if images.shape[1:] != (*self.size, 3) or images.dtype != np.uint8:
+        if images.shape[1:3] != self.size or images.shape[3] % 3 or images.dtype != np.uint8:
             raise ValueError(
-                f"render_pose must return uint8 {(*self.size, 3)} images, got {images.dtype} {images.shape[1:]}"
+                f"render_pose must return uint8 {(*self.size, 3)} images (or 3K channels: stacked conditions), "
+                f"got {images.dtype} {images.shape[1:]}"
             )
         return images
 
