@@ -45,7 +45,6 @@ CONTROL_TYPE_NAMES: tuple[str, ...] = get_args(ControlType)
 CONTROL_TYPES: dict[str, type] = {
     "controlnext": ControlNeXtModel, "controlnet": SVDControlNetModel, "controlnext-multi": MultiConditionControlNeXtModel,
 }
-DEFAULT_CONTROL_TYPE = "controlnext"
 
 
 def control_class(config: Mapping | None) -> type:

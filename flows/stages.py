@@ -300,18 +300,25 @@ def condition_frames(job: JobContext, frames: range, condition_types: tuple[str,
     return [np.concatenate([black if p is None else p[i] for p in pictures], axis=2) for i in range(len(frames) + 1)]
 
 
-def _condition_pictures(job: JobContext, name: str, frames: range) -> list[np.ndarray]:
+def _condition_pictures(job: JobContext, name: str, frames) -> list[np.ndarray]:
     """One condition's pictures: the reference's, then those of `frames`. Shapes: `(H, W, 3)` uint8."""
+    reference, picture = condition_renderer(job, name)
+    return [reference] + [picture(i) for i in frames]
+
+
+def condition_renderer(job: JobContext, name: str) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
+    """A condition's picture of the reference, and a function drawing output frame i's (for the
+    segments, the side-by-side preview and the contact sheet). Shapes: `(H, W, 3)` uint8."""
     from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
     from pose.render import render_pose
 
     h, w = job.request.height, job.request.width
     if name == "pose":
         aligned = load_aligned(job)
-        return [render_pose(load_reference_pose(job), h, w)] + [render_pose(aligned[i], h, w) for i in frames]
+        return render_pose(load_reference_pose(job), h, w), lambda i: render_pose(aligned[i], h, w)
     maps = maps_from_bytes(job.store.read_bytes(job.layout.condition_maps(name)))
     render = FRAME_CONDITION_TYPES[name].render
-    return [render(maps[0])] + [render(maps[i + 1]) for i in frames]
+    return render(maps[0]), lambda i: render(maps[i + 1])
 
 
 def load_aligned(job: JobContext):
@@ -530,16 +537,14 @@ def _encode_output(job: JobContext, ingest_result: IngestResult, num_frames: int
 
 
 def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames: int) -> str:
-    """Reference | pose | result preview, for quick review."""
-    from pose.render import render_pose
-
+    """Reference | condition (the request's first: the pose by default) | result preview, for quick review."""
     from controlnext_video.video import decode_png
     from controlnext_video.video import write_side_by_side as write
 
     request, store, layout = job.request, job.store, job.layout
-    aligned = load_aligned(job)
+    picture = condition_renderer(job, request.conditions[0])[1]
     target = job.scratch("side_by_side.mp4")
-    poses = (render_pose(aligned[i], request.height, request.width) for i in range(num_frames))
+    poses = (picture(i) for i in range(num_frames))
     write(target, decode_png(store.read_bytes(layout.reference_image)), poses, output_frames(job, num_frames),
           ingest_result.fps, height=min(PREVIEW_PANEL_HEIGHT, request.height))
     store.put_file(target, layout.side_by_side)
@@ -547,16 +552,15 @@ def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames:
 
 
 def write_contact_sheet(job: JobContext, num_frames: int) -> str:
-    """A few output frames, spread over the clip, beside their poses in one JPEG (for the report);
-    a rerun that makes the same picture leaves the file untouched."""
-    from pose.render import render_pose
-
+    """A few output frames, spread over the clip, beside their poses (the request's first
+    condition) in one JPEG (for the report); a rerun that makes the same picture leaves the file
+    untouched."""
     from controlnext_video.video import contact_sheet, decode_png, encode_jpeg, evenly_spaced
 
     request, store, layout = job.request, job.store, job.layout
     frames = evenly_spaced(num_frames, CONTACT_SHEET_FRAMES)
-    aligned = load_aligned(job)
-    poses = [render_pose(aligned[i], request.height, request.width) for i in frames]
+    picture = condition_renderer(job, request.conditions[0])[1]
+    poses = [picture(i) for i in frames]
     results = [decode_png(store.read_bytes(layout.output_frame(i)), name=layout.output_frame(i)) for i in frames]
     sheet = encode_jpeg(contact_sheet(poses, results, panel_height=min(CONTACT_SHEET_PANEL_HEIGHT, request.height)))
     if not (store.exists(layout.contact_sheet) and store.read_bytes(layout.contact_sheet) == sheet):

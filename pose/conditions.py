@@ -38,8 +38,6 @@ DEFAULT_CONDITIONS: tuple[str, ...] = ("pose",)
 FRAME_CONDITIONS: tuple[str, ...] = ("edges", "mask")
 # Value of a set pixel in a map and its rendering (white on black).
 ON = 255
-# Where a condition's maps are cached: one compressed array per (clip, settings, size, frames).
-MAPS_FILE = "maps.npz"
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ def test_frames_without_a_pose_are_returned_logged_and_reported(tiny_model, tmp_
                    missing_pose_frames=missing,
                    encoded=dict(output_key="x", side_by_side="y", frames=12, fps="12", duration=1.0,
                                 audio_seconds=None), pose_preview="z")
-    text = report_markdown(job, summary)
+    text = report_markdown(job, summary, {}, "contact-sheet.jpg")
     assert f"{len(missing)} of 12 output frames have no pose" in text
     assert ", ".join(map(str, missing)) in text
 
