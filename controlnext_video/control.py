@@ -19,6 +19,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from .injection import ControlSignal, control_injection
 from .weights import check_loading_info, own_memory
 
 # Fixed widths of the released module (its weights define them).
@@ -52,6 +53,8 @@ class ControlNeXtModel(ModelMixin, ConfigMixin):
     Shapes: control `(B, F, 3, H, W)` in [0, 1], timestep scalar or `(B,)`
     -> features `(B*F, out_channels, h, w)`, with `h, w` about `H/8, W/8`.
     """
+
+    control_type = "controlnext"
 
     @register_to_config
     def __init__(self, out_channels: int = 320, output_scale: float = 1.0) -> None:
@@ -95,6 +98,11 @@ class ControlNeXtModel(ModelMixin, ConfigMixin):
             ]
         )
 
+    @property
+    def condition_channels(self) -> int:
+        """Channels of the control frames (one RGB picture)."""
+        return 3
+
     @classmethod
     def for_unet(cls, unet_config: Mapping) -> "ControlNeXtModel":
         """A module whose features fit a `UNetSpatioTemporalConditionModel` with this config."""
@@ -125,3 +133,16 @@ class ControlNeXtModel(ModelMixin, ConfigMixin):
             x = down(res(x, emb))
         x = self.mid_convs[0](x) + x
         return self.mid_convs[1](x) * self.config.output_scale
+
+    # ------------------------------------------------------------ the control interface
+
+    def signal(
+        self, control: torch.Tensor, timestep: torch.Tensor | float, *, first_row: int = 0, scale: float = 1.0
+    ) -> ControlSignal:
+        """The control for the next UNet call: this module's features for the rows `first_row:`.
+        Shapes: control `(B, F, 3, H, W)` in [0, 1], timestep `()` or `(B,)`."""
+        return ControlSignal(self(control, timestep), first_row=first_row, scale=scale)
+
+    def injection(self, unet: nn.Module):
+        """The hook that adds the features to `unet` after its first down block (a context manager)."""
+        return control_injection(unet)

@@ -16,6 +16,8 @@ import torch
 from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 
 from .control import ControlNeXtModel
+from .controls import ControlType, new_control
+from .model_dir import CONTROL_CONFIG_FILE
 from .pipeline import ControlNeXtSVDPipeline, image_processor_class
 from .weights import CONTROLNEXT_WEIGHTS_STEM, UNET_WEIGHTS_STEM
 
@@ -38,6 +40,8 @@ TINY_UNET = dict(
     in_channels=8,
     out_channels=4,
 )
+# A narrower conditioning encoder for the tiny ControlNet branch (SVD size uses ControlNet's own).
+TINY_CONTROLNET = dict(conditioning_embedding_out_channels=(8, 16, 16, 32))
 TINY_VAE = dict(
     block_out_channels=(32, 32, 32, 32),
     down_block_types=("DownEncoderBlock2D",) * 4,
@@ -102,8 +106,11 @@ def feature_extractor():
     )
 
 
-def tiny_components(seed: int = 0) -> dict:
-    """The tiny components, each built right after seeding torch with `seed` (deterministic)."""
+def tiny_components(seed: int = 0, control_type: ControlType = "controlnext") -> dict:
+    """The tiny components, each built right after seeding torch with `seed` (deterministic).
+
+    `control_type` picks the control design (`controlnext_video.controls`): a ControlNet branch
+    starts as a copy of the tiny UNet's input path."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
@@ -113,7 +120,10 @@ def tiny_components(seed: int = 0) -> dict:
     torch.manual_seed(seed + 2)
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP))
     torch.manual_seed(seed + 3)
-    controlnext = ControlNeXtModel.for_unet(unet.config)
+    if control_type == "controlnext":
+        controlnext = ControlNeXtModel.for_unet(unet.config)
+    else:
+        controlnext = new_control(control_type, unet, **(TINY_CONTROLNET if control_type == "controlnet" else {}))
     return dict(
         unet=unet.eval().requires_grad_(False),
         vae=vae.eval().requires_grad_(False),
@@ -125,9 +135,11 @@ def tiny_components(seed: int = 0) -> dict:
 
 
 def svd_size_components(
-    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+    device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+    control_type: ControlType = "controlnext",
 ) -> dict:
-    """Real-size SVD + ControlNeXt components with random weights, built directly on `device`.
+    """Real-size SVD components and a control module of `control_type` with random weights, built
+    directly on `device` (a ControlNet branch copies the UNet's input path).
 
     The VAE is kept in float32 when `dtype` is float16 (its config asks for it).
     """
@@ -137,7 +149,7 @@ def svd_size_components(
     torch.manual_seed(seed)
     with torch.device(device):
         unet = UNetSpatioTemporalConditionModel().to(dtype)
-        controlnext = ControlNeXtModel.for_unet(unet.config).to(dtype)
+        controlnext = new_control(control_type, unet)
         vae = AutoencoderKLTemporalDecoder(**SVD_VAE).to(vae_dtype)
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_CLIP)).to(dtype)
     return dict(
@@ -155,9 +167,11 @@ def build_pipeline(components: dict, device: torch.device | str = "cpu") -> Cont
     return ControlNeXtSVDPipeline(**components).to(device)
 
 
-def build_tiny_pipeline(seed: int = 0, device: torch.device | str = "cpu") -> ControlNeXtSVDPipeline:
-    """A float32 tiny pipeline in memory."""
-    return build_pipeline(tiny_components(seed), device)
+def build_tiny_pipeline(
+    seed: int = 0, device: torch.device | str = "cpu", control_type: ControlType = "controlnext"
+) -> ControlNeXtSVDPipeline:
+    """A float32 tiny pipeline in memory with a control module of `control_type`."""
+    return build_pipeline(tiny_components(seed, control_type), device)
 
 
 def save_tiny_model(
@@ -166,18 +180,22 @@ def save_tiny_model(
     *,
     weights_dtype: torch.dtype = torch.float16,
     weights_format: str = "safetensors",
+    control_type: ControlType = "controlnext",
 ) -> Path:
     """Write a complete tiny model directory in the layout of a real one and return its path.
 
     Layout: `model_index.json`, `unet/config.json` (config only), `vae/`, `image_encoder/`,
     `feature_extractor/`, `scheduler/`, and the ControlNeXt files
-    `controlnext-unet.<fmt>` and `controlnext.<fmt>` (fmt "safetensors" or "bin").
+    `controlnext-unet.<fmt>` and `controlnext.<fmt>` (fmt "safetensors" or "bin"); for a control
+    design other than ControlNeXt, the control module's config `controlnext-config.json` too.
     """
     if weights_format not in ("safetensors", "bin"):
         raise ValueError(f"weights_format must be 'safetensors' or 'bin', got {weights_format!r}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    parts = tiny_components(seed)
+    parts = tiny_components(seed, control_type)
+    if control_type != "controlnext":
+        (path / CONTROL_CONFIG_FILE).write_text(parts["controlnext"].to_json_string())
     parts["unet"].save_config(path / "unet")
     parts["vae"].save_pretrained(path / "vae")
     parts["image_encoder"].save_pretrained(path / "image_encoder")

@@ -6,7 +6,8 @@ The same check runs inside `ControlNeXtSVDPipeline.from_pretrained`.
 
 Two layouts are accepted:
 - "released": an SVD directory in the diffusers layout (`unet/` needs only its config) plus the
-  two ControlNeXt files at its root, `controlnext-unet.*` (the full UNet) and `controlnext.*`;
+  two ControlNeXt files at its root, `controlnext-unet.*` (the full UNet) and `controlnext.*`,
+  and optionally the control module's config `controlnext-config.json` (absent: ControlNeXt);
 - "diffusers": what `ControlNeXtSVDPipeline.save_pretrained` writes, a standard diffusers pipeline
   directory whose `model_index.json` lists a `controlnext` component, with the UNet's weights in
   `unet/` and the control module (config and weights) in `controlnext/`.
@@ -49,6 +50,8 @@ DIFFUSERS_CONFIGS = (PIPELINE_INDEX, f"{CONTROLNEXT_COMPONENT}/config.json")
 # names; the hub's fp16 variant and sharded checkpoints are accepted too).
 DIFFUSERS_WEIGHTS_STEM = "diffusion_pytorch_model"
 COMPONENT_WEIGHTS = (("vae", DIFFUSERS_WEIGHTS_STEM), ("image_encoder", "model"))
+# The control module's config in the released layout (optional; see `controlnext_video.controls`).
+CONTROL_CONFIG_FILE = "controlnext-config.json"
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ def check_model_dir(
         raise FileNotFoundError(f"model directory not found: {model_dir}")
     layout = model_layout(root)
     configs = REQUIRED_CONFIGS if layout == "released" else (*DIFFUSERS_CONFIGS, *REQUIRED_CONFIGS)
+    if layout == "released" and (root / CONTROL_CONFIG_FILE).is_file():
+        configs = (*configs, CONTROL_CONFIG_FILE)
     for sub in configs:
         if not (root / sub).is_file():
             raise FileNotFoundError(f"{model_dir} is not an SVD model directory: {sub} is missing")

@@ -36,8 +36,9 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils.torch_utils import randn_tensor
 
 from .control import ControlNeXtModel
+from .controlnet import SVDControlNetModel
+from .controls import control_from_config, read_control_config
 from .distributed import agree_on_minimum, all_gather_uneven, check_same_on_all_ranks, decode_frames, rank_and_size
-from .injection import ControlInjector, ControlSignal, control_injection
 from .memory import apply_memory_limit, free_memory, is_out_of_memory, plan_windows_per_batch, release_memory
 from .model_dir import CONTROLNEXT_COMPONENT, check_model_dir
 from .sampler import DEFAULT_CORRECTOR_SNR, FrameNoise, StochasticOptions, WindowDenoiser, sample_windows
@@ -65,15 +66,17 @@ MIN_RESIZE_SIGMA = 0.001
 StepEndCallback = Callable[["ControlNeXtSVDPipeline", int, torch.Tensor, dict], dict]
 
 
-def _as_uint8_hwc(image, what: str) -> np.ndarray:
-    """An RGB image as a uint8 `(H, W, 3)` array (PIL image, uint8 array, or float array in [0, 1])."""
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
+def _as_uint8_hwc(image, what: str, channels: int = 3) -> np.ndarray:
+    """An RGB image (or `channels // 3` RGB pictures stacked on the channel axis) as a uint8
+    `(H, W, channels)` array (PIL image, uint8 array, or float array in [0, 1])."""
+    if channels == 3 and hasattr(image, "convert") and hasattr(image, "size"):  # PIL
         return np.asarray(image.convert("RGB"))
     array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+    if array.ndim == 3 and array.shape[0] == channels and array.shape[-1] != channels:
         array = array.transpose(1, 2, 0)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"{what} must be an RGB image (H, W, 3), got shape {array.shape}")
+    if array.ndim != 3 or array.shape[-1] != channels:
+        kind = "an RGB image" if channels == 3 else f"{channels // 3} RGB pictures stacked on the channel axis"
+        raise ValueError(f"{what} must be {kind} (H, W, {channels}), got shape {array.shape}")
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"{what} must be uint8 or float in [0, 1], got dtype {array.dtype}")
@@ -139,7 +142,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         unet: UNetSpatioTemporalConditionModel,
         vae: AutoencoderKLTemporalDecoder,
         image_encoder: CLIPVisionModelWithProjection,
-        controlnext: ControlNeXtModel,
+        controlnext: ControlNeXtModel | SVDControlNetModel,
         scheduler: SchedulerMixin,
         feature_extractor: BaseImageProcessor,
     ) -> None:
@@ -193,9 +196,10 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         with torch.device("meta"):
             unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
             if files.layout == "diffusers":
-                controlnext = ControlNeXtModel.from_config(ControlNeXtModel.load_config(root / CONTROLNEXT_COMPONENT))
+                control_config = ControlNeXtModel.load_config(root / CONTROLNEXT_COMPONENT)
             else:
-                controlnext = ControlNeXtModel.for_unet(unet_config)
+                control_config = read_control_config(root)
+            controlnext = control_from_config(control_config, unet_config)
         load_into(unet, files.unet_weights, what="ControlNeXt UNet", dtype=torch_dtype)
         load_into(controlnext, files.controlnext_weights, what="ControlNeXt control module", dtype=torch_dtype)
 
@@ -345,9 +349,10 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         if poses is None or len(poses) == 0:
             raise ValueError("poses is empty: give at least the reference pose (poses[0])")
         # uint8 on the CPU: a quarter of float32's memory; frames go to the device per window.
-        pose_tensor = torch.empty((len(poses), height, width, 3), dtype=torch.uint8)
+        channels = self.controlnext.condition_channels
+        pose_tensor = torch.empty((len(poses), height, width, channels), dtype=torch.uint8)
         for i in range(len(poses)):
-            pose = _as_uint8_hwc(poses[i], f"poses[{i}]")
+            pose = _as_uint8_hwc(poses[i], f"poses[{i}]", channels)
             if pose.shape[:2] != (height, width):
                 raise ValueError(
                     f"poses[{i}] is {pose.shape[1]}x{pose.shape[0]} (WxH), expected the output size {width}x{height}"
@@ -478,7 +483,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
     def window_denoiser(
         self,
         *,
-        injector: ControlInjector,
+        injector,
         poses: torch.Tensor,
         image_embeddings: torch.Tensor,
         image_latents: torch.Tensor,
@@ -501,7 +506,6 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
             sample = torch.cat([scaled[:, w.start : w.stop] for w in windows]).to(device, dtype)
             control = torch.stack([poses[list(w.control_indices)] for w in windows])
             control = control.permute(0, 1, 4, 2, 3).to(device).to(dtype) / 255.0
-            features = controlnext(control, t)
             cond_latents = image_latents.to(dtype).unsqueeze(1).expand(k, size, -1, -1, -1)
             if do_cfg:
                 sample = torch.cat([sample, sample])
@@ -513,7 +517,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
                 embeddings = image_embeddings.expand(k, -1, -1)
                 time_ids = added_time_ids.expand(k, -1)
                 first_row = 0
-            injector.signal = ControlSignal(features, first_row=first_row, scale=control_scale)
+            injector.signal = controlnext.signal(control, t, first_row=first_row, scale=control_scale)
             model_input = torch.cat([sample, cond_latents], dim=2)
             output = unet(model_input, t, encoder_hidden_states=embeddings, added_time_ids=time_ids, return_dict=False)[0]
             output = output.float()
@@ -565,6 +569,9 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
             reference: RGB image at the output size (PIL, uint8 `(H, W, 3)`, or float in [0, 1]).
             poses: N rendered pose frames at the output size, same formats; frame i of the
                 output follows poses[i], and every window's first frame the reference pose.
+                With a multi-condition control module, each frame stacks its condition
+                pictures on the channel axis (`controlnext.condition_channels`), an absent
+                condition black.
             height, width: output size, multiples of 8 (default: the reference's size).
             num_inference_steps: denoising steps.
             min_guidance_scale, max_guidance_scale: guidance ramps linearly over each window's
@@ -642,7 +649,7 @@ class ControlNeXtSVDPipeline(DiffusionPipeline):
         if not min_guidance_scale == max_guidance_scale == 1.0:
             guidance = torch.linspace(min_guidance_scale, max_guidance_scale, plan.window_size, device=device)
             guidance = guidance.view(1, -1, 1, 1, 1)
-        with control_injection(self.unet) as injector, self.progress_bar(total=self._num_timesteps) as progress_bar:
+        with self.controlnext.injection(self.unet) as injector, self.progress_bar(total=self._num_timesteps) as progress_bar:
             denoise = self.window_denoiser(
                 injector=injector, poses=pose_frames, image_embeddings=image_embeddings, image_latents=image_latents,
                 added_time_ids=added_time_ids, guidance=guidance, control_scale=control_scale,

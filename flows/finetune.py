@@ -57,9 +57,14 @@ def run_id_for(request: FinetuneRequest, clips: list[dict]) -> str:
     """The run's id: a digest of the clips, the base model's files and the settings that change training."""
     from controlnext_video.model_dir import check_model_dir
 
+    from pose.conditions import DEFAULT_CONDITIONS
+
+    settings = request.model_dump(exclude={"out", "store", "model", "device", "keep_checkpoints", "validation_every",
+                                           "steps", "checkpoint_every"})
+    if tuple(request.conditions) == DEFAULT_CONDITIONS and not request.condition_dropout:
+        del settings["conditions"], settings["condition_dropout"]  # ids of runs from before conditions existed
     content = dict(clips=sorted(c["sha256"] for c in clips), model=check_model_dir(request.model).fingerprint(),
-                   settings=request.model_dump(exclude={"out", "store", "model", "device", "keep_checkpoints",
-                                                        "validation_every", "steps", "checkpoint_every"}))
+                   settings=settings)
     return "ft-" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 

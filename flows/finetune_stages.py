@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from storage import ArtifactStore
 from storage.layout import cache_key, safe_name
 from storage.store import sha256_file
@@ -23,6 +25,7 @@ def prepare_clips(request) -> list[dict]:
     """Copy every clip into the store (content-addressed), probe it, and detect its poses at every
     frame with the render path's code and detection cache; return a record per clip."""
     from pose import openpose_json
+    from pose.conditions import FRAME_CONDITIONS, ConditionSettings, condition_digest, extract_clip, maps_to_bytes
     from pose.pipeline import detect_driving
 
     from controlnext_video.video import probe
@@ -46,16 +49,33 @@ def prepare_clips(request) -> list[dict]:
             path = scratch / f"{digest}.json"
             openpose_json.write_sequence(detected, path)
             store.put_file(path, detections)
-        records.append(dict(name=name, sha256=digest, key=key, detections=detections, frames=info.frame_count))
+        conditions = {}
+        for condition in (c for c in request.conditions if c in FRAME_CONDITIONS):
+            maps_key = cache_key("conditions", condition_digest(
+                digest, condition, ConditionSettings(), height=info.height, width=info.width, stride=1,
+                max_frames=None), f"{condition}.npz")
+            if not store.exists(maps_key):
+                maps = extract_clip(local, condition, height=info.height, width=info.width, stride=1, max_frames=None)
+                store.write_bytes(maps_key, maps_to_bytes(maps))
+            conditions[condition] = maps_key
+        records.append(dict(name=name, sha256=digest, key=key, detections=detections, frames=info.frame_count,
+                            conditions=conditions))
     if not records:
         raise ValueError(f"no video clips ({', '.join(VIDEO_SUFFIXES)}) under {request.clips}")
     return records
 
 
-def training_clip(store: ArtifactStore, record: dict, settings, scratch: Path):
-    """A `VideoClip` of a prepared clip: its frames streamed from the file, its smoothed poses drawn
-    by the render path's renderer, its hands' boxes for the loss weights."""
+def training_clip(store: ArtifactStore, record: dict, settings, scratch: Path,
+                  conditions: tuple[str, ...] = ("pose",), condition_types: tuple[str, ...] | None = None):
+    """A `VideoClip` of a prepared clip: its frames streamed from the file, its control pictures
+    (smoothed poses drawn by the render path's renderer, edges, masks), its hands' boxes for the
+    loss weights.
+
+    `condition_types` None: a single-condition module, the one picture of `conditions[0]`;
+    otherwise a multi-condition module's types, the pictures stacked in that order, black for
+    the types not in `conditions` (as the render path gives them)."""
     from pose import openpose_json
+    from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
     from pose.render import render_pose
     from pose.smooth import fill_gaps, smooth_sequence
 
@@ -66,8 +86,23 @@ def training_clip(store: ArtifactStore, record: dict, settings, scratch: Path):
         poses = smooth_sequence(poses, settings.smoothing)
     hands = [[box for box in (HandBox.from_keypoints(f.left_hand), HandBox.from_keypoints(f.right_hand)) if box]
              for f in poses.frames]
-    return VideoClip(local_copy(store, record["key"], scratch),
-                     render_pose=lambda i: render_pose(poses[i], poses.height, poses.width), hands=hands)
+    maps = {name: maps_from_bytes(store.read_bytes(key)) for name, key in record.get("conditions", {}).items()}
+
+    def picture(name: str, i: int) -> np.ndarray:
+        if name == "pose":
+            return render_pose(poses[i], poses.height, poses.width)
+        return FRAME_CONDITION_TYPES[name].render(maps[name][i])
+
+    if condition_types is None and len(conditions) != 1:
+        raise ValueError(f"conditions {list(conditions)}: the model's control module takes one condition")
+    black = np.zeros((poses.height, poses.width, 3), np.uint8)
+
+    def pictures(i: int) -> np.ndarray:
+        if condition_types is None:
+            return picture(conditions[0], i)
+        return np.concatenate([picture(name, i) if name in conditions else black for name in condition_types], axis=2)
+
+    return VideoClip(local_copy(store, record["key"], scratch), render_pose=pictures, hands=hands)
 
 
 class RunMonitor:
@@ -125,7 +160,12 @@ def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Cal
     device = resolve_device(request.device)
     config = request.training_config(device)
     pipe = ControlNeXtSVDPipeline.from_pretrained(request.model, torch_dtype=torch.float32, device=device)
-    sources = [training_clip(store, record, request.pose_settings(), scratch) for record in clips]
+    condition_types = getattr(pipe.controlnext.config, "condition_types", None)
+    condition_types = None if condition_types is None else tuple(condition_types)
+    if condition_types is not None and not set(request.conditions) <= set(condition_types):
+        raise ValueError(f"conditions {request.conditions}: the model's control module takes {list(condition_types)}")
+    sources = [training_clip(store, record, request.pose_settings(), scratch, tuple(request.conditions),
+                             condition_types) for record in clips]
     validation = validation_example(sources[0], request.sample_n_frames, request.height, request.width)
     monitor = RunMonitor(store, prefix, request, pipe, validation, reporter, log)
     result = train(pipe, sources, config, store=store, prefix=f"{prefix}/checkpoints", progress=monitor.on_step)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from pydantic import BaseModel
@@ -26,8 +26,20 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+def _option_type(annotation):
+    """The annotation typer is given: a list of choices (`list[Literal[...]]`, which typer cannot
+    take) becomes a repeated string option, the request model checking the choices."""
+    if get_origin(annotation) is list and get_origin(get_args(annotation)[0]) is Literal:
+        return list[str]
+    return annotation
+
+
 def _help(model: type[BaseModel], name: str) -> str:
     info = model.model_fields[name]
+    if get_origin(info.annotation) is list:  # a list of choices with a fixed default
+        choices = get_args(get_args(info.annotation)[0])
+        return (f"{info.description} Repeat the option for several (choices: {', '.join(choices)}) "
+                f"[default: {' '.join(info.get_default(call_default_factory=True))}]")
     if info.default_factory is not None:
         default = "from the environment, see `controlnext-video settings`"
     elif info.default in ("", PydanticUndefined):
@@ -47,7 +59,8 @@ def request_parameters(fields: Iterable[str], required: Iterable[str] = (),
         flag = option_name(name)
         names = (f"{flag}/--no-{flag[2:]}",) if info.annotation is bool else (flag, *ALIASES.get(name, ()))
         option = typer.Option(*names, help=_help(model, name), show_default=False)
-        annotation = info.annotation if name in required else info.annotation | None
+        annotation = _option_type(info.annotation)
+        annotation = annotation if name in required else annotation | None
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                         default=... if name in required else None,
                                         annotation=Annotated[annotation, option]))

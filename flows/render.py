@@ -68,6 +68,13 @@ def align_task(store: str, job_id: str, ingest_result: stages.IngestResult, dete
     return dict(frames=frames, missing_pose_frames=missing, pose_preview=preview)
 
 
+@task(name="conditions", **stage_task)
+def conditions_task(store: str, job_id: str, ingest_result: stages.IngestResult, num_frames: int) -> dict[str, str]:
+    """The request's frame conditions (edges, mask) and their previews; nothing for pose alone."""
+    job = stages.JobContext.open(store, job_id)
+    return stages.extract_conditions(job, ingest_result, num_frames)
+
+
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(store: str, job_id: str, num_frames: int) -> list[list[int]]:
     job = stages.JobContext.open(store, job_id)
@@ -204,13 +211,15 @@ def _render(request: RenderRequest, ingest_result: stages.IngestResult, timings:
     detections = timed("poses", poses_task, store, job_id, ingest_result,
                        lambda done, total: progress.stage("poses", done, total, "frames"))
     aligned = timed("align", align_task, store, job_id, ingest_result, detections)
+    condition_previews = timed("conditions", conditions_task, store, job_id, ingest_result, aligned["frames"])
     segments = timed("plan", plan_task, store, job_id, aligned["frames"])
     attempts = timed("render", render_segments, request, job_id, segments, progress)
     timed("blend", blend_task, store, job_id, lambda done, total: progress.stage("blend", done, total, "frames"))
     encoded = timed("encode", encode_task, store, job_id, ingest_result, aligned["frames"])
     summary = dict(job_id=job_id, ingest=asdict(ingest_result), timings=timings, attempts=attempts,
                    segments=segments, encoded=encoded, pose_preview=aligned["pose_preview"],
-                   missing_pose_frames=aligned["missing_pose_frames"], flow_run_id=str(current_run.id or ""))
+                   missing_pose_frames=aligned["missing_pose_frames"], condition_previews=condition_previews,
+                   flow_run_id=str(current_run.id or ""))
     summary["report"], links = timed("report", report_task, store, job_id, summary)
     stages.remove_temporaries(stages.JobContext.open(store, job_id))
     output = encoded.get("delivered") or links.get("video") or ArtifactStore(store).url(encoded["output_key"])

@@ -62,7 +62,8 @@ def _missing_poses(missing: list[int], total: int) -> str:
 def outputs(summary: dict) -> dict[str, str]:
     """The job's outputs a person downloads, by name: store keys."""
     return {"video": summary["encoded"]["output_key"], "side-by-side preview": summary["encoded"]["side_by_side"],
-            "pose preview": summary["pose_preview"]}
+            "pose preview": summary["pose_preview"],
+            **{f"{name} preview": key for name, key in summary.get("condition_previews", {}).items()}}
 
 
 def download_links(job: JobContext, keys: dict[str, str]) -> dict[str, str]:

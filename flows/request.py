@@ -12,6 +12,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pose.conditions import DEFAULT_CONDITIONS, ConditionName, check_conditions
+
 from .liveness import SEGMENT_DEPLOYMENT
 from .settings import Environment
 
@@ -120,6 +122,12 @@ class RenderRequest(BaseModel):
     stride: int = Field(2, ge=1, le=16, description="Use every stride-th driving frame; output fps = source / stride.")
     max_frames: int = Field(0, ge=0, description="Render at most this many output frames (0: the whole clip).")
 
+    conditions: list[ConditionName] = Field(
+        default_factory=lambda: list(DEFAULT_CONDITIONS),
+        description="What the motion is taken from: pose (skeletons on the reference body), edges (Canny edges "
+                    "of the driving frames) and/or mask (the driver's person mask); edges and mask keep the "
+                    "clip's framing. The model's control module must have been trained on them.")
+
     # poses
     pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
     dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
@@ -221,6 +229,7 @@ class RenderRequest(BaseModel):
             raise ValueError("pose_backend 'dwpose' needs dwpose_models: a folder with yolox_l.onnx and dw-ll_ucoco_384.onnx")
         if self.align != "retarget" and self.root_motion != "body":
             raise ValueError(f"root_motion applies to align 'retarget' only, not {self.align!r}")
+        check_conditions(self.conditions)
         return self
 
     def planned_segment_length(self) -> int:
@@ -257,9 +266,13 @@ class RenderRequest(BaseModel):
         """The settings that decide the pictures (part of the job's identity); an automatic
         segment length counts as the length it plans. The corrector's settings count only with
         corrector steps, the churn's only with churn: off, they change nothing (and a request
-        that leaves them off keeps the identity it had before they existed)."""
+        that leaves them off keeps the identity it had before they existed). The default
+        conditions (pose alone) are left out too, for the same reason."""
         settings = self.model_dump(exclude={*self.NON_PIXEL_FIELDS, *CORRECTOR_FIELDS, *CHURN_FIELDS})
-        return dict(settings, **self.sampler_settings(), segment_length=self.planned_segment_length())
+        settings = dict(settings, **self.sampler_settings(), segment_length=self.planned_segment_length())
+        if tuple(self.conditions) == DEFAULT_CONDITIONS:
+            del settings["conditions"]
+        return settings
 
     def sampler_settings(self) -> dict:
         """The stochastic sampler options in force, as pipeline arguments (empty: the reference sampler)."""
@@ -298,12 +311,24 @@ class FinetuneRequest(BaseModel):
     sample_n_frames: int = Field(14, ge=2, le=128, description="Frames per training example.")
     frame_interval: int = Field(3, ge=1, le=64, description="Frame interval inside a clip.")
     conditioning_dropout: float = Field(0.1, ge=0.0, le=1.0, description="Conditioning dropout probability.")
+    conditions: list[ConditionName] = Field(
+        default_factory=lambda: list(DEFAULT_CONDITIONS),
+        description="What the control module learns to follow: pose, edges and/or mask (as render takes them; "
+                    "several need a multi-condition model, control type controlnext-multi).")
+    condition_dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Several conditions: probability of blacking out each one in an example "
+                                         "(at least one kept), so that any subset renders.")
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every random draw of the run.")
     pose_backend: Literal["mediapipe", "dwpose"] = Field("mediapipe", description="Pose detector.")
     dwpose_models: str = Field("", description="Folder with yolox_l.onnx and dw-ll_ucoco_384.onnx (DWPose only).")
     smooth: bool = Field(True, description="Temporal smoothing of the poses (as render does).")
     max_gap: int = Field(4, ge=0, le=1000, description="Longest detection gap (frames) that is interpolated.")
     device: str = Field("auto", description="Torch device: auto, cuda, cuda:N or cpu.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "FinetuneRequest":
+        check_conditions(self.conditions)
+        return self
 
     def pose_settings(self):
         from pose.settings import PoseSettings
@@ -325,5 +350,6 @@ class FinetuneRequest(BaseModel):
             mixed_precision=precision, gradient_checkpointing=self.gradient_checkpointing,
             checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints, seed=self.seed,
             data=BatchSettings(height=self.height, width=self.width, sample_n_frames=self.sample_n_frames,
-                               frame_interval=self.frame_interval, conditioning_dropout=self.conditioning_dropout),
+                               frame_interval=self.frame_interval, conditioning_dropout=self.conditioning_dropout,
+                               condition_dropout=self.condition_dropout),
         )

@@ -88,16 +88,24 @@ def check_models(request: RenderRequest) -> dict:
     model's fingerprint. The job's worker must see the model directory the GPU workers load."""
     from pose.errors import PoseInputError
 
+    from controlnext_video.controls import model_condition_types
     from controlnext_video.model_dir import check_model_dir
     from controlnext_video.weights import WeightsError
 
     try:
         fingerprint = check_model_dir(request.model).fingerprint()
         request.pose_settings().check_model_files()
-    except (FileNotFoundError, WeightsError) as exc:
+        condition_types = model_condition_types(request.model)
+    except (FileNotFoundError, WeightsError, ValueError) as exc:
         raise JobInputError(f"model: {exc}") from exc
     except PoseInputError as exc:
         raise JobInputError(str(exc)) from exc
+    if condition_types is None and len(request.conditions) > 1:
+        raise JobInputError(f"conditions {request.conditions}: the model's control module takes one condition "
+                            "(several need a multi-condition module, control type controlnext-multi)")
+    if condition_types is not None and not set(request.conditions) <= set(condition_types):
+        raise JobInputError(f"conditions {request.conditions}: the model's multi-condition control module takes "
+                            f"{list(condition_types)}")
     return dict(model=fingerprint)
 
 
@@ -231,6 +239,88 @@ def align(job: JobContext, detections_key: str) -> tuple[int, list[int]]:
     return len(poses.aligned), [int(i) for i in np.flatnonzero(poses.aligned.missing)]
 
 
+def extract_conditions(job: JobContext, ingest_result: IngestResult, num_frames: int) -> dict[str, str]:
+    """The request's frame conditions (edges, mask; `pose.conditions`): every sampled driving frame's
+    map, fitted to the output size as the reference is (cached under `cache/conditions/` by clip
+    content, settings, size and sampling), with the reference's own map first, written to the job;
+    and a preview per condition. Returns the preview keys by condition."""
+    from pose.conditions import (
+        FRAME_CONDITIONS, ConditionSettings, condition_digest, extract_clip, extract_frames, maps_from_bytes,
+        maps_to_bytes, write_condition_preview,
+    )
+    from storage.layout import cache_key
+
+    from controlnext_video.video import decode_png
+
+    request, store, layout = job.request, job.store, job.layout
+    settings, max_frames = ConditionSettings(), request.max_frames or None
+    driving = job.local(ingest_result.driving_key)
+    previews = {}
+    for name in (c for c in request.conditions if c in FRAME_CONDITIONS):
+        digest = condition_digest(ingest_result.driving_sha256, name, settings, height=request.height,
+                                  width=request.width, stride=request.stride, max_frames=max_frames)
+        cached = cache_key("conditions", digest, f"{name}.npz")
+        if store.exists(cached):
+            maps = maps_from_bytes(store.read_bytes(cached))
+        else:
+            maps = extract_clip(driving, name, height=request.height, width=request.width, stride=request.stride,
+                                max_frames=max_frames, settings=settings)
+            store.write_bytes(cached, maps_to_bytes(maps))
+        if len(maps) != num_frames:
+            raise JobInputError(f"{name}: {len(maps)} driving frames decoded, the poses have {num_frames}")
+        reference = extract_frames(iter([decode_png(store.read_bytes(layout.reference_image))]), name, settings)
+        store.write_bytes(layout.condition_maps(name), maps_to_bytes(np.concatenate([reference, maps])))
+        target = job.scratch(f"{name}_preview.mp4")
+        write_condition_preview(driving, name, maps, target, stride=request.stride, max_frames=max_frames,
+                                fps=ingest_result.fps)
+        store.put_file(target, layout.condition_preview(name))
+        previews[name] = layout.condition_preview(name)
+    return previews
+
+
+def condition_frames(job: JobContext, frames: range, condition_types: tuple[str, ...] | None = None
+                     ) -> list[np.ndarray]:
+    """The control frames of output frames `frames`, the reference's first.
+
+    `condition_types` None: a single-condition module, the request's one condition, one RGB
+    picture per frame. Otherwise a multi-condition module's types: their pictures stacked on the
+    channel axis in that order, black for those the request leaves out.
+    Shapes: each `(H, W, 3)` uint8, or `(H, W, 3 * len(condition_types))`."""
+    request = job.request
+    if condition_types is None:
+        if len(request.conditions) != 1:
+            raise JobInputError(f"conditions {request.conditions}: this model's control module takes one condition")
+        return _condition_pictures(job, request.conditions[0], frames)
+    missing = [c for c in request.conditions if c not in condition_types]
+    if missing:
+        raise JobInputError(f"conditions {missing} are not among the control module's {list(condition_types)}")
+    pictures = [_condition_pictures(job, name, frames) if name in request.conditions else None
+                for name in condition_types]
+    black = np.zeros((request.height, request.width, 3), np.uint8)
+    return [np.concatenate([black if p is None else p[i] for p in pictures], axis=2) for i in range(len(frames) + 1)]
+
+
+def _condition_pictures(job: JobContext, name: str, frames) -> list[np.ndarray]:
+    """One condition's pictures: the reference's, then those of `frames`. Shapes: `(H, W, 3)` uint8."""
+    reference, picture = condition_renderer(job, name)
+    return [reference] + [picture(i) for i in frames]
+
+
+def condition_renderer(job: JobContext, name: str) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
+    """A condition's picture of the reference, and a function drawing output frame i's (for the
+    segments, the side-by-side preview and the contact sheet). Shapes: `(H, W, 3)` uint8."""
+    from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
+    from pose.render import render_pose
+
+    h, w = job.request.height, job.request.width
+    if name == "pose":
+        aligned = load_aligned(job)
+        return render_pose(load_reference_pose(job), h, w), lambda i: render_pose(aligned[i], h, w)
+    maps = maps_from_bytes(job.store.read_bytes(job.layout.condition_maps(name)))
+    render = FRAME_CONDITION_TYPES[name].render
+    return render(maps[0]), lambda i: render(maps[i + 1])
+
+
 def load_aligned(job: JobContext):
     from pose import openpose_json
 
@@ -328,16 +418,14 @@ def segment_done(job: JobContext, index: int) -> bool:
 def render_segment_frames(job: JobContext, index: int, pipe, *, on_step=None, process_group=None) -> list[dict]:
     """Render segment `index` and write its frames (PNG) as they are decoded; returns frame records.
     With `process_group` (one process per GPU), this rank's frames only."""
-    from pose.render import render_pose
-
     from controlnext_video.segments import render_segment
     from controlnext_video.video import decode_png, encode_png
 
     request, store, layout = job.request, job.store, job.layout
     segment = load_plan(job).segments[index]
-    aligned, h, w = load_aligned(job), request.height, request.width
-    poses = [render_pose(load_reference_pose(job), h, w)] + [render_pose(aligned[i], h, w)
-                                                              for i in range(segment.start, segment.stop)]
+    condition_types = getattr(pipe.controlnext.config, "condition_types", None)
+    poses = condition_frames(job, range(segment.start, segment.stop),
+                             None if condition_types is None else tuple(condition_types))
     frames = []
     for frame_index, frame in render_segment(
         pipe, decode_png(store.read_bytes(layout.reference_image)), poses, segment, seed=request.seed,
@@ -449,16 +537,14 @@ def _encode_output(job: JobContext, ingest_result: IngestResult, num_frames: int
 
 
 def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames: int) -> str:
-    """Reference | pose | result preview, for quick review."""
-    from pose.render import render_pose
-
+    """Reference | condition (the request's first: the pose by default) | result preview, for quick review."""
     from controlnext_video.video import decode_png
     from controlnext_video.video import write_side_by_side as write
 
     request, store, layout = job.request, job.store, job.layout
-    aligned = load_aligned(job)
+    picture = condition_renderer(job, request.conditions[0])[1]
     target = job.scratch("side_by_side.mp4")
-    poses = (render_pose(aligned[i], request.height, request.width) for i in range(num_frames))
+    poses = (picture(i) for i in range(num_frames))
     write(target, decode_png(store.read_bytes(layout.reference_image)), poses, output_frames(job, num_frames),
           ingest_result.fps, height=min(PREVIEW_PANEL_HEIGHT, request.height))
     store.put_file(target, layout.side_by_side)
@@ -466,16 +552,15 @@ def write_side_by_side(job: JobContext, ingest_result: IngestResult, num_frames:
 
 
 def write_contact_sheet(job: JobContext, num_frames: int) -> str:
-    """A few output frames, spread over the clip, beside their poses in one JPEG (for the report);
-    a rerun that makes the same picture leaves the file untouched."""
-    from pose.render import render_pose
-
+    """A few output frames, spread over the clip, beside their poses (the request's first
+    condition) in one JPEG (for the report); a rerun that makes the same picture leaves the file
+    untouched."""
     from controlnext_video.video import contact_sheet, decode_png, encode_jpeg, evenly_spaced
 
     request, store, layout = job.request, job.store, job.layout
     frames = evenly_spaced(num_frames, CONTACT_SHEET_FRAMES)
-    aligned = load_aligned(job)
-    poses = [render_pose(aligned[i], request.height, request.width) for i in frames]
+    picture = condition_renderer(job, request.conditions[0])[1]
+    poses = [picture(i) for i in frames]
     results = [decode_png(store.read_bytes(layout.output_frame(i)), name=layout.output_frame(i)) for i in frames]
     sheet = encode_jpeg(contact_sheet(poses, results, panel_height=min(CONTACT_SHEET_PANEL_HEIGHT, request.height)))
     if not (store.exists(layout.contact_sheet) and store.read_bytes(layout.contact_sheet) == sheet):

@@ -144,6 +144,19 @@ class JobLayout:
     def pose_preview(self) -> str:
         return self.pose("pose_preview.mp4")
 
+    @property
+    def conditions(self) -> str:
+        return f"{self.prefix}/conditions"
+
+    def condition_maps(self, condition: str) -> str:
+        """A frame condition's maps (edges, mask): the reference's first, then every sampled
+        driving frame's, at the output size (compressed `.npz`)."""
+        return f"{self.conditions}/{_check_name(condition, 'condition name')}_maps.npz"
+
+    def condition_preview(self, condition: str) -> str:
+        """Driving frame | its condition map, side by side (MP4)."""
+        return f"{self.conditions}/{_check_name(condition, 'condition name')}_preview.mp4"
+
     def output_file(self, name: str) -> str:
         return f"{self.output}/{_check_name(name, 'output name')}"
 

@@ -1,8 +1,9 @@
 """Fine-tuning ControlNeXt-SVD: the official v2 training objective, data sampling, the loop.
 
-- `denoising_loss`, `DenoisingObjective` (objective.py): the official training step.
+- `denoising_loss`, `denoise`, `DenoisingObjective` (objective.py): the official training step.
 - `NoiseSchedule` (noise.py): the official noise-level distribution.
-- `apply_conditioning_dropout` (dropout.py): the official conditioning dropout.
+- `apply_conditioning_dropout` (dropout.py): the official conditioning dropout; `drop_conditions`,
+  random condition dropout for the multi-condition module.
 - `ClipSource`, `ArrayClip`, `VideoClip`, `HandBox`, `sample_frames`, `random_crop_box`,
   `hand_mask`, `load_example`, `draw_example` (data.py): examples as the official data loader makes them.
 - `BatchSettings`, `make_batch` (batch.py): encoded, noised batches from (seed, step).
@@ -22,9 +23,11 @@ from .._lazy import lazy_getattr
 
 _LAZY = {
     "denoising_loss": ".objective",
+    "denoise": ".objective",
     "DenoisingObjective": ".objective",
     "NoiseSchedule": ".noise",
     "apply_conditioning_dropout": ".dropout",
+    "drop_conditions": ".dropout",
     "ClipSource": ".data",
     "ArrayClip": ".data",
     "VideoClip": ".data",

@@ -17,8 +17,11 @@ import numpy as np
 import torch
 
 from .data import DEFAULT_FRAME_INTERVAL, DEFAULT_SAMPLE_FRAMES, ClipSource, TrainingExample, draw_example
-from .dropout import DEFAULT_DROPOUT_PROBABILITY, apply_conditioning_dropout
+from .dropout import DEFAULT_DROPOUT_PROBABILITY, apply_conditioning_dropout, drop_conditions
 from .noise import NoiseSchedule
+
+# Channels of one condition picture in stacked control frames (RGB).
+CONDITION_CHANNELS = 3
 from .objective import TRAIN_NOISE_AUG
 
 # VAE frames per encoder call when encoding an example's frames.
@@ -43,6 +46,9 @@ class BatchSettings:
         noise_aug_strength: pixel noise added to the reference before VAE encoding.
         noise_schedule: the noise-level distribution.
         encode_chunk_size: frames per VAE encoder call.
+        condition_dropout: for control pictures stacking several conditions (a multi-condition
+            module), the probability of blacking out each condition of an example, at least one
+            kept (`dropout.drop_conditions`); not used with one condition.
     """
 
     height: int = 1024
@@ -53,6 +59,7 @@ class BatchSettings:
     noise_aug_strength: float = TRAIN_NOISE_AUG
     noise_schedule: NoiseSchedule = NoiseSchedule()
     encode_chunk_size: int = DEFAULT_ENCODE_CHUNK
+    condition_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -64,6 +71,8 @@ class BatchSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.noise_aug_strength < 0:
             raise ValueError(f"noise_aug_strength must be >= 0, got {self.noise_aug_strength}")
+        if not 0 <= self.condition_dropout < 1:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
 
 
 def clip_for_example(num_clips: int, position: int, seed: int) -> int:
@@ -162,7 +171,10 @@ def make_batch(
         noise = torch.randn(latents.shape, generator=generator)
         u = (index + torch.rand((), generator=generator)) / global_batch_size
         p = torch.rand((), generator=generator)
-        parts.append((latents, reference_latents, embedding, example.poses, u, noise, example.weights, p))
+        poses = example.poses
+        if settings.condition_dropout and poses.shape[1] > CONDITION_CHANNELS:  # after the official draws
+            poses = drop_conditions(poses[None], settings.condition_dropout, generator, CONDITION_CHANNELS)[0]
+        parts.append((latents, reference_latents, embedding, poses, u, noise, example.weights, p))
     latents, reference_latents, embeddings, poses, u, noise, weights, p = (torch.stack(x) for x in zip(*parts))
     embeddings, reference_latents = apply_conditioning_dropout(
         embeddings, reference_latents, p, settings.conditioning_dropout

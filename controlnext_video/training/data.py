@@ -82,7 +82,8 @@ class ClipSource(Protocol):
         """RGB frames `(n, H, W, 3)` uint8 at the source resolution."""
 
     def poses(self, indices: Sequence[int]) -> np.ndarray:
-        """Rendered pose images `(n, H, W, 3)` uint8, the same size as the frames."""
+        """Rendered pose images `(n, H, W, 3)` uint8, the same size as the frames (or, for a
+        multi-condition module, its condition pictures stacked: `(n, H, W, 3K)`)."""
 
     def hand_boxes(self, index: int) -> Sequence[HandBox]:
         """The hand boxes of one frame (empty when no hands were found)."""
@@ -92,7 +93,8 @@ class ClipSource(Protocol):
 class ArrayClip:
     """A `ClipSource` held in memory (tests, the demo, short clips).
 
-    Shapes: frames and poses `(L, H, W, 3)` uint8; hands: L sequences of `HandBox` (or None: no hands).
+    Shapes: frames `(L, H, W, 3)` and poses `(L, H, W, 3K)` uint8 (K condition pictures stacked,
+    1 for poses alone); hands: L sequences of `HandBox` (or None: no hands).
     """
 
     frame_array: np.ndarray
@@ -101,9 +103,9 @@ class ArrayClip:
 
     def __post_init__(self) -> None:
         for name, array in (("frame_array", self.frame_array), ("pose_array", self.pose_array)):
-            if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+            if array.ndim != 4 or array.shape[-1] % 3 or array.dtype != np.uint8:
                 raise ValueError(f"{name} must be uint8 (L, H, W, 3), got {array.dtype} {array.shape}")
-        if self.frame_array.shape != self.pose_array.shape:
+        if self.frame_array.shape[-1] != 3 or self.frame_array.shape[:3] != self.pose_array.shape[:3]:
             raise ValueError(f"frames {self.frame_array.shape} and poses {self.pose_array.shape} differ in shape")
         if self.hands is not None and len(self.hands) != len(self.frame_array):
             raise ValueError(f"hands has {len(self.hands)} entries for {len(self.frame_array)} frames")
@@ -173,9 +175,10 @@ class VideoClip:
 
     def poses(self, indices: Sequence[int]) -> np.ndarray:
         images = np.stack([self._render_pose(i) for i in indices])
-        if images.shape[1:] != (*self.size, 3) or images.dtype != np.uint8:
+        if images.shape[1:3] != self.size or images.shape[3] % 3 or images.dtype != np.uint8:
             raise ValueError(
-                f"render_pose must return uint8 {(*self.size, 3)} images, got {images.dtype} {images.shape[1:]}"
+                f"render_pose must return uint8 {(*self.size, 3)} images (or 3K channels: stacked conditions), "
+                f"got {images.dtype} {images.shape[1:]}"
             )
         return images
 
@@ -296,7 +299,7 @@ def load_example(clip: ClipSource, sample: FrameSample, crop: CropBox, height: i
     poses = clip.poses(indices)
     source_height, source_width = clip.size
     expected = (len(indices), source_height, source_width, 3)
-    if frames.shape != expected or poses.shape != expected:
+    if frames.shape != expected or poses.shape[:3] != expected[:3] or poses.ndim != 4 or poses.shape[3] % 3:
         raise ValueError(f"clip returned frames {frames.shape} and poses {poses.shape}, expected {expected}")
     masks = np.zeros((len(indices), 1, source_height, source_width), dtype=np.float32)
     for row, index in enumerate(indices[1:], start=1):

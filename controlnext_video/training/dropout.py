@@ -5,6 +5,10 @@ the CLIP image embedding is zeroed when `p < 2q`, the reference latents when `q 
 So 10% of samples lose only the embedding, 10% both, 10% only the reference latents (for
 q = 0.1). The pose control is never dropped: guidance at inference removes the image
 conditioning, not the control.
+
+`drop_conditions` is the multi-condition module's own dropout (not in the official step): it
+blacks out random subsets of the stacked condition pictures, keeping at least one per sample, so
+that the module learns to render from any subset.
 """
 
 from __future__ import annotations
@@ -48,3 +52,26 @@ def apply_conditioning_dropout(
     embeddings = torch.where(keep_embedding.view(-1, 1, 1), image_embeddings, torch.zeros_like(image_embeddings))
     latents = reference_latents * keep_reference.view(-1, 1, 1, 1).to(reference_latents.dtype)
     return embeddings, latents
+
+
+def drop_conditions(
+    control: torch.Tensor, probability: float, generator: torch.Generator, channels_per_condition: int = 3
+) -> torch.Tensor:
+    """Black out each condition of each sample with `probability`, keeping at least one present
+    (one of those present is kept at random when all would go). An absent condition is an
+    all-black picture (`multicontrol.MultiConditionControlNeXtModel`).
+
+    Shapes: control `(B, F, C * K, H, W)` -> the same.
+    """
+    if not 0 <= probability < 1:
+        raise ValueError(f"condition dropout probability must be in [0, 1), got {probability}")
+    batch, frames, channels = control.shape[:3]
+    groups = channels // channels_per_condition
+    present = control.reshape(batch, frames, groups, -1).ne(0).any(dim=(1, 3)).cpu()
+    keep = (torch.rand(batch, groups, generator=generator) >= probability) & present
+    for b in range(batch):
+        if present[b].any() and not keep[b].any():
+            choices = present[b].nonzero().flatten()
+            keep[b, choices[torch.randint(len(choices), (1,), generator=generator)]] = True
+    mask = keep.to(control.device, control.dtype).repeat_interleave(channels_per_condition, dim=1)
+    return control * mask.view(batch, 1, channels, 1, 1)

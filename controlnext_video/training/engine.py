@@ -153,6 +153,9 @@ def make_accelerator(config: TrainingConfig, device: torch.device | str):
 
 def _check_resumable(saved: dict[str, Any], config: TrainingConfig, key: str) -> None:
     current = config.to_dict()
+    # Settings added since the checkpoint was written count with their defaults.
+    defaults = TrainingConfig().to_dict()
+    saved = {**defaults, **saved, "data": {**defaults["data"], **saved.get("data", {})}}
     keys = (current.keys() | saved.keys()) - RESUMABLE_CHANGES
     changed = sorted(k for k in keys if saved.get(k) != current.get(k))
     if changed:

@@ -2,7 +2,8 @@
 
 It holds the base model's SVD components as they are (configs, VAE, image encoder, feature
 extractor, scheduler; of the base UNet only its config), the trained UNet and control module
-as the two ControlNeXt files, and `training.json`, the training card.
+as the two ControlNeXt files, the control module's config (which says its design, so a
+ControlNet branch renders as one), and `training.json`, the training card.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..model_dir import CONTROL_CONFIG_FILE
 from ..weights import CONTROLNEXT_WEIGHTS_STEM, PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, UNET_WEIGHTS_STEM
 
 CARD_FILE = "training.json"
@@ -29,6 +31,7 @@ def base_files(base_model_dir: Path) -> list[str]:
         for stem in (UNET_WEIGHTS_STEM, CONTROLNEXT_WEIGHTS_STEM)
         for suffix in (*SAFETENSORS_SUFFIXES, *PICKLE_SUFFIXES)
     }
+    replaced.add(CONTROL_CONFIG_FILE)
     files = []
     for path in sorted(base_model_dir.rglob("*")):
         relative = path.relative_to(base_model_dir).as_posix()
@@ -70,6 +73,7 @@ def export_model(
             save_file(state, str(local))
             store.put_file(local, f"{prefix}/{local.name}")
             local.unlink()
+    store.write_bytes(f"{prefix}/{CONTROL_CONFIG_FILE}", pipe.controlnext.to_json_string().encode())
     store.write_json(f"{prefix}/{CARD_FILE}", dict(card))
     return prefix
 

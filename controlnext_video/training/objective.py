@@ -4,8 +4,9 @@ One evaluation, for noise levels `sigma` (one per sample):
 - noisy latents `x = latents + sigma * noise`; the UNet sees `x / sqrt(sigma^2 + 1)` with the
   reference latents (unscaled) repeated over frames and concatenated on channels;
 - the UNet and the control module get the timestep `0.25 * ln(sigma)`;
-- the control enters the stock UNet through the same hook and module as at inference
-  (`controlnext_video.injection`), at scale 1 on every sample: no guidance batch in training;
+- the control enters the stock UNet through the same module and hooks as at inference (the
+  control module's `signal` and `injection`, `controlnext_video.controls`), at scale 1 on every
+  sample: no guidance batch in training;
 - `denoised = c_skip * x + c_out * v` with `c_skip = 1 / (sigma^2 + 1)` and
   `c_out = -sigma / sqrt(sigma^2 + 1)`;
 - loss per sample: the mean over frames, channels and pixels of
@@ -24,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..injection import ControlSignal, control_injection
 
 # Added time ids of the official training step (inference uses motion bucket 128).
 TRAIN_FPS_ID = 6
@@ -36,7 +36,8 @@ TIMESTEP_SCALE = 0.25
 TRAIN_CONTROL_SCALE = 1.0
 
 
-def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights) -> None:
+def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights,
+                  control_channels: int = 3) -> None:
     if latents.ndim != 5:
         raise ValueError(f"latents must be (B, F, C, h, w), got shape {tuple(latents.shape)}")
     batch, frames, channels, height, width = latents.shape
@@ -52,8 +53,9 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
             )
     if image_embeddings.ndim != 3 or image_embeddings.shape[0] != batch:
         raise ValueError(f"image_embeddings must be (B={batch}, 1, D), got shape {tuple(image_embeddings.shape)}")
-    if pose_frames.ndim != 5 or tuple(pose_frames.shape[:3]) != (batch, frames, 3):
-        raise ValueError(f"pose_frames must be (B={batch}, F={frames}, 3, H, W), got shape {tuple(pose_frames.shape)}")
+    if pose_frames.ndim != 5 or tuple(pose_frames.shape[:3]) != (batch, frames, control_channels):
+        raise ValueError(f"pose_frames must be (B={batch}, F={frames}, {control_channels}, H, W), got shape "
+                         f"{tuple(pose_frames.shape)}")
     if loss_weights is not None and (
         loss_weights.ndim != 5 or tuple(loss_weights.shape[:3]) != (batch, frames, 1)
     ):
@@ -62,6 +64,46 @@ def _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sig
         )
     if not bool((sigmas > 0).all()):
         raise ValueError("sigmas must be positive")
+
+
+def denoise(
+    pipe,
+    *,
+    latents: torch.Tensor,
+    reference_latents: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    pose_frames: torch.Tensor,
+    sigmas: torch.Tensor,
+    noise: torch.Tensor,
+    fps_id: float = TRAIN_FPS_ID,
+    motion_bucket_id: float = TRAIN_MOTION_BUCKET,
+    noise_aug_strength: float = TRAIN_NOISE_AUG,
+) -> torch.Tensor:
+    """The training step's denoised latents `c_skip * x + c_out * v` for `x = latents + sigma * noise`
+    (what `denoising_loss` compares with `latents`). Same inputs and shapes as `denoising_loss`
+    -> `(B, F, C, h, w)` in the UNet's dtype."""
+    batch, frames = latents.shape[:2]
+    sigma = sigmas.view(batch, 1, 1, 1, 1)
+    noisy = latents + sigma * noise
+    timesteps = TIMESTEP_SCALE * sigmas.log()
+    conditioning = reference_latents.unsqueeze(1).expand(-1, frames, -1, -1, -1)
+    unet_input = torch.cat([noisy / (sigma**2 + 1) ** 0.5, conditioning.to(noisy.dtype)], dim=2)
+    time_ids = torch.tensor(
+        [[fps_id, motion_bucket_id, noise_aug_strength]], dtype=sigmas.dtype, device=sigmas.device
+    ).expand(batch, -1)
+
+    unet, controlnext = pipe.unet, pipe.controlnext
+    control_dtype = next(controlnext.parameters()).dtype
+    signal = controlnext.signal(pose_frames.to(control_dtype), timesteps, first_row=0, scale=TRAIN_CONTROL_SCALE)
+    with controlnext.injection(unet) as injector:
+        injector.signal = signal
+        prediction = unet(
+            unet_input, timesteps, encoder_hidden_states=image_embeddings, added_time_ids=time_ids, return_dict=False
+        )[0]
+
+    c_out = -sigma / (sigma**2 + 1) ** 0.5
+    c_skip = 1 / (sigma**2 + 1)
+    return prediction * c_out + c_skip * noisy
 
 
 def denoising_loss(
@@ -86,34 +128,20 @@ def denoising_loss(
     `pipe` is anything with those two attributes (a `ControlNeXtSVDPipeline`, a
     `DenoisingObjective`). `reduction="none"` returns each sample's loss.
     Shapes: latents and noise `(B, F, C, h, w)`, reference_latents `(B, C, h, w)`,
-    image_embeddings `(B, 1, D)`, pose_frames `(B, F, 3, H, W)` in [0, 1], sigmas `(B,)`,
-    loss_weights `(B, F, 1, H, W)` or None -> `()` float32 (the batch mean), or `(B,)`.
+    image_embeddings `(B, 1, D)`, pose_frames `(B, F, 3, H, W)` in [0, 1] (the control module's
+    `condition_channels`: 3 per condition for the multi-condition module), sigmas `(B,)`, loss_weights `(B, F, 1, H, W)` or None -> `()` float32 (the batch mean), or `(B,)`.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights)
+    _check_shapes(latents, reference_latents, image_embeddings, pose_frames, sigmas, noise, loss_weights,
+                  pipe.controlnext.condition_channels)
     batch, frames = latents.shape[:2]
     sigma = sigmas.view(batch, 1, 1, 1, 1)
-    noisy = latents + sigma * noise
-    timesteps = TIMESTEP_SCALE * sigmas.log()
-    conditioning = reference_latents.unsqueeze(1).expand(-1, frames, -1, -1, -1)
-    unet_input = torch.cat([noisy / (sigma**2 + 1) ** 0.5, conditioning.to(noisy.dtype)], dim=2)
-    time_ids = torch.tensor(
-        [[fps_id, motion_bucket_id, noise_aug_strength]], dtype=sigmas.dtype, device=sigmas.device
-    ).expand(batch, -1)
-
-    unet, controlnext = pipe.unet, pipe.controlnext
-    control_dtype = next(controlnext.parameters()).dtype
-    features = controlnext(pose_frames.to(control_dtype), timesteps)
-    with control_injection(unet) as injector:
-        injector.signal = ControlSignal(features, first_row=0, scale=TRAIN_CONTROL_SCALE)
-        prediction = unet(
-            unet_input, timesteps, encoder_hidden_states=image_embeddings, added_time_ids=time_ids, return_dict=False
-        )[0]
-
-    c_out = -sigma / (sigma**2 + 1) ** 0.5
-    c_skip = 1 / (sigma**2 + 1)
-    denoised = prediction * c_out + c_skip * noisy
+    denoised = denoise(
+        pipe, latents=latents, reference_latents=reference_latents, image_embeddings=image_embeddings,
+        pose_frames=pose_frames, sigmas=sigmas, noise=noise, fps_id=fps_id, motion_bucket_id=motion_bucket_id,
+        noise_aug_strength=noise_aug_strength,
+    )
     weighting = (1 + sigma**2) * sigma**-2.0
     error = weighting.float() * (denoised.float() - latents.float()) ** 2
     if loss_weights is not None:

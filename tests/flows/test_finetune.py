@@ -90,3 +90,53 @@ def test_every_finetune_field_is_an_option():
     params = {p.name: p for p in typer.main.get_command(app).commands["finetune"].params}
     for field in FinetuneRequest.model_fields:
         assert "--" + field.replace("_", "-") in params[field].opts, field
+
+
+def test_a_controlnet_model_directory_finetunes_and_renders(prefect_server, clip_inputs, tmp_path):
+    """The control design follows the model directory: a ControlNet base fine-tunes as a ControlNet
+    branch, and the render flow renders with it, with no setting in either request."""
+    from controlnext_video import ControlNeXtSVDPipeline
+    from controlnext_video.factory import save_tiny_model
+    from flows.finetune import finetune
+    from flows.render import render
+    from flows.request import FinetuneRequest
+
+    reference, driving = clip_inputs
+    base = save_tiny_model(tmp_path / "base", seed=0, control_type="controlnet")
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "take-1.mp4").write_bytes(driving.read_bytes())
+    request = FinetuneRequest(clips=str(tmp_path / "clips"), model=str(base), store=str(tmp_path / "store"),
+                              out=str(tmp_path / "model"), **dict(TINY, steps=2, validation_every=0))
+    result = finetune(request)
+    assert np.isfinite(result["final_loss"])
+    tuned = ControlNeXtSVDPipeline.from_pretrained(tmp_path / "model")
+    assert tuned.controlnext.control_type == "controlnet"
+    rendered = render(small_request(reference, driving, tmp_path / "model", tmp_path / "render-store", max_frames=8,
+                                    output=str(tmp_path / "tuned.mp4")))
+    assert rendered["encoded"]["frames"] == 8 and (tmp_path / "tuned.mp4").stat().st_size > 0
+
+
+def test_a_multi_condition_model_finetunes_on_pose_and_edges_with_dropout(prefect_server, clip_inputs, tmp_path):
+    """The flow extracts the clips' edges (cached), stacks them with the poses in the module's order
+    and trains with condition dropout; the result renders a request with both conditions."""
+    from controlnext_video import ControlNeXtSVDPipeline
+    from controlnext_video.factory import save_tiny_model
+    from flows.finetune import finetune
+    from flows.render import render
+    from flows.request import FinetuneRequest
+
+    reference, driving = clip_inputs
+    base = save_tiny_model(tmp_path / "base", seed=0, control_type="controlnext-multi")
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "take-1.mp4").write_bytes(driving.read_bytes())
+    request = FinetuneRequest(clips=str(tmp_path / "clips"), model=str(base), store=str(tmp_path / "store"),
+                              out=str(tmp_path / "model"), conditions=["pose", "edges"], condition_dropout=0.5,
+                              **dict(TINY, steps=2, validation_every=0))
+    result = finetune(request)
+    assert np.isfinite(result["final_loss"])
+    assert list((tmp_path / "store" / "cache" / "conditions").rglob("edges.npz"))
+    tuned = ControlNeXtSVDPipeline.from_pretrained(tmp_path / "model")
+    assert tuned.controlnext.control_type == "controlnext-multi"
+    rendered = render(small_request(reference, driving, tmp_path / "model", tmp_path / "render-store", max_frames=8,
+                                    conditions=["pose", "edges"], output=str(tmp_path / "tuned.mp4")))
+    assert rendered["encoded"]["frames"] == 8

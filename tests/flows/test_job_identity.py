@@ -170,3 +170,69 @@ def test_corrupt_reference_is_named_and_damaged_clip_is_noted(tiny_model, clip_i
     assert 0 < decoded < 48
     assert result.output_fps == "12" and result.num_frames == -(-decoded // 2)
     assert len(result.notes) == 1 and str(cut) in result.notes[0] and "48" in result.notes[0], result.notes
+
+
+def test_conditions_are_part_of_the_identity_and_checked_early(tiny_model, clip_inputs, tmp_path):
+    from flows import stages
+
+    reference, driving = clip_inputs
+    request = small_request(reference, driving, tiny_model, tmp_path / "store")
+    assert request.conditions == ["pose"] and "conditions" not in request.pixel_settings()  # ids of old jobs kept
+    edges = request.model_copy(update=dict(conditions=["edges"]))
+    assert edges.pixel_settings()["conditions"] == ["edges"]
+    assert stages.ingest(edges).job_id != stages.ingest(request).job_id
+    with pytest.raises(stages.JobInputError, match="takes one condition"):
+        stages.ingest(request.model_copy(update=dict(conditions=["pose", "mask"])))
+
+
+def test_frame_conditions_are_extracted_cached_and_rendered_as_control_frames(tiny_model, clip_inputs, tmp_path,
+                                                                              monkeypatch):
+    """Edges of the driving frames, the reference's first, become the control frames of a
+    segment; a second job on the clip reads them from the cache."""
+    from flows import stages
+    from storage.layout import CACHE_PREFIX
+
+    reference, driving = clip_inputs
+    request = small_request(reference, driving, tiny_model, tmp_path / "store", conditions=["edges"])
+    ingested = stages.ingest(request)
+    job = stages.JobContext.open(request.store, ingested.job_id)
+    num_frames, _ = stages.align(job, stages.detect_poses(job, ingested, lambda done, total: None))
+    previews = stages.extract_conditions(job, ingested, num_frames)
+    assert list(previews) == ["edges"] and job.store.exists(previews["edges"])
+    frames = stages.condition_frames(job, range(2, 5))
+    assert len(frames) == 4 and frames[0].shape == (request.height, request.width, 3)
+    assert all(set(np.unique(f)) <= {0, 255} and (f[..., 0] == f[..., 2]).all() for f in frames)
+    assert any(f.any() for f in frames)
+    cached = sorted((tmp_path / "store" / CACHE_PREFIX / "conditions").rglob("*.npz"))
+    assert len(cached) == 1
+    import pose.conditions
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(pose.conditions, "extract_clip", no_extraction)
+    seeded = stages.ingest(request.model_copy(update=dict(seed=1)))  # another job, same clip: from the cache
+    other = stages.JobContext.open(request.store, seeded.job_id)
+    stages.detect_poses(other, seeded, lambda done, total: None)
+    assert list(stages.extract_conditions(other, seeded, num_frames)) == ["edges"]
+
+
+def test_several_conditions_stack_for_a_multi_condition_model(clip_inputs, tmp_path):
+    """A multi-condition model takes the request's conditions stacked in its own order, black for
+    the ones left out."""
+    from controlnext_video.factory import save_tiny_model
+    from flows import stages
+
+    reference, driving = clip_inputs
+    model = save_tiny_model(tmp_path / "multi", seed=0, control_type="controlnext-multi")
+    request = small_request(reference, driving, model, tmp_path / "store", conditions=["edges", "pose"])
+    ingested = stages.ingest(request)  # accepted: the model takes pose, edges and mask
+    job = stages.JobContext.open(request.store, ingested.job_id)
+    num_frames, _ = stages.align(job, stages.detect_poses(job, ingested, lambda done, total: None))
+    stages.extract_conditions(job, ingested, num_frames)
+    frames = stages.condition_frames(job, range(0, 3), ("pose", "edges", "mask"))
+    assert len(frames) == 4 and frames[0].shape == (request.height, request.width, 9)
+    pose_part, edges_part, mask_part = (np.stack(frames)[..., 3 * k : 3 * k + 3] for k in range(3))
+    assert pose_part.any() and edges_part.any() and not mask_part.any()
+    with pytest.raises(stages.JobInputError, match="not among"):
+        stages.condition_frames(job, range(0, 3), ("pose", "mask"))

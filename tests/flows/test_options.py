@@ -20,7 +20,7 @@ NON_DEFAULT = dict(
     priority="rush", max_in_flight=3, segments_per_run=2, max_attempts=5, output_format="prores", crf=20,
     audio=False, device="cuda:1", dtype="float16", compile=True, channels_last=True, gpu_memory_gib=22.0,
     gpus_per_segment=4, rank_timeout=30.0, corrector_steps=2, corrector_snr=0.3, s_churn=1.5, s_tmin=0.05,
-    s_tmax=50.0, s_noise=1.003,
+    s_tmax=50.0, s_noise=1.003, conditions=["pose", "edges"],
 )
 
 
@@ -30,6 +30,8 @@ def cli_args(values: dict) -> list[str]:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):  # a repeated option
+            args += [part for item in value for part in (flag, str(item))]
         else:
             args += [flag, str(value)]
     return args

@@ -6,6 +6,7 @@ import time
 from fractions import Fraction
 
 import numpy as np
+import pytest
 
 from .conftest import small_request
 
@@ -139,3 +140,31 @@ def test_same_request_same_frames_whatever_the_segmentation(local_job, tiny_mode
         y = decode_png(b.read_bytes(JobLayout(result["job_id"]).segment_frame(0, frame)))
         # the same frame, denoised with the same noise, in a different set of windows
         assert np.abs(x.astype(int) - y.astype(int)).mean() < 20
+
+
+@pytest.mark.heavy
+def test_a_render_driven_by_edges(prefect_server, tiny_model, clip_inputs, tmp_path):
+    """conditions=["edges"]: the flow extracts the clip's edges, previews them, links the preview in
+    the report and renders the segments with them (the workers read the request's list)."""
+    from flows.render import render
+
+    reference, driving = clip_inputs
+    request = small_request(reference, driving, tiny_model, tmp_path / "store", conditions=["edges"], max_frames=8)
+    summary = render(request)
+    assert summary["encoded"]["frames"] == 8
+    preview = summary["condition_previews"]["edges"]
+    assert (tmp_path / "store" / preview).stat().st_size > 0
+    assert "edges preview" in (tmp_path / "store" / summary["report"]).read_text()
+
+
+@pytest.mark.heavy
+def test_a_multi_condition_model_renders_pose_and_edges(prefect_server, clip_inputs, tmp_path):
+    """A multi-condition model directory renders a request with two conditions through the flow."""
+    from controlnext_video.factory import save_tiny_model
+    from flows.render import render
+
+    reference, driving = clip_inputs
+    model = save_tiny_model(tmp_path / "multi", seed=0, control_type="controlnext-multi")
+    request = small_request(reference, driving, model, tmp_path / "store", conditions=["pose", "edges"], max_frames=8)
+    summary = render(request)
+    assert summary["encoded"]["frames"] == 8 and list(summary["condition_previews"]) == ["edges"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from controlnext_video import ControlNeXtSVDPipeline
@@ -13,10 +14,13 @@ from controlnext_video.training.export import base_files
 from controlnext_video.training.synthetic import moving_disc_clip
 
 
-def test_fine_tuned_directory_loads_and_renders(tmp_path):
+@pytest.mark.parametrize("control_type", ["controlnext", "controlnet"])
+def test_fine_tuned_directory_loads_and_renders(tmp_path, control_type):
+    """Whatever the control design of the base directory, the trainer trains it and the exported
+    directory renders with it (its config names the design)."""
     from storage import ArtifactStore
 
-    base = save_tiny_model(tmp_path / "base", seed=0)
+    base = save_tiny_model(tmp_path / "base", seed=0, control_type=control_type)
     pipe = ControlNeXtSVDPipeline.from_pretrained(base, torch_dtype=torch.float32)
     clips = [moving_disc_clip(12, 48, 0)]
     config = TrainingConfig(
@@ -36,8 +40,9 @@ def test_fine_tuned_directory_loads_and_renders(tmp_path):
     for ours, theirs in ((pipe.unet, tuned.unet), (pipe.controlnext, tuned.controlnext)):
         mine, loaded = ours.state_dict(), theirs.state_dict()
         assert all(torch.equal(mine[k], loaded[k]) for k in mine)
-    original = ControlNeXtSVDPipeline.from_pretrained(base, torch_dtype=torch.float32)
-    assert not torch.equal(original.controlnext.mid_convs[1].weight, tuned.controlnext.mid_convs[1].weight)
+    assert tuned.controlnext.control_type == control_type
+    original = ControlNeXtSVDPipeline.from_pretrained(base, torch_dtype=torch.float32).controlnext.state_dict()
+    assert any(not torch.equal(original[k], v) for k, v in tuned.controlnext.state_dict().items())
 
     rng = np.random.default_rng(0)
     reference = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
