@@ -32,6 +32,24 @@ STEM_GROUPS = 2
 MID_GROUPS = 8
 
 
+def batch_timesteps(timestep: torch.Tensor | float, batch: int, device) -> torch.Tensor:
+    """A timestep given as a number, a 0-d or a `(batch,)` tensor, as a `(batch,)` tensor."""
+    t = torch.as_tensor(timestep, device=device)
+    if t.ndim == 0:
+        t = t[None]
+    return t.expand(batch)
+
+
+def run_trunk(module: nn.Module, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """ControlNeXt's trunk after the stem: residual blocks and downsamplings under the time
+    embedding `emb`, the two mid convolutions, the output scale (shared by the control designs
+    built on ControlNeXt's module)."""
+    for res, down in zip(module.down_res, module.down_sample):
+        x = down(res(x, emb))
+    x = module.mid_convs[0](x) + x
+    return module.mid_convs[1](x) * module.config.output_scale
+
+
 class _StridedConv(nn.Module):
     """A 3x3 stride-2 convolution kept under the attribute name `conv` (state-dict layout)."""
 
@@ -121,18 +139,10 @@ class ControlNeXtModel(ModelMixin, ConfigMixin):
 
     def forward(self, control: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         batch, frames = control.shape[:2]
-        t = torch.as_tensor(timestep, device=control.device)
-        if t.ndim == 0:
-            t = t[None]
-        t = t.expand(batch)
+        t = batch_timesteps(timestep, batch, control.device)
         emb = self.time_embedding(self.time_proj(t).to(dtype=control.dtype))
         emb = emb.repeat_interleave(frames, dim=0)
-
-        x = self.embedding(control.flatten(0, 1))
-        for res, down in zip(self.down_res, self.down_sample):
-            x = down(res(x, emb))
-        x = self.mid_convs[0](x) + x
-        return self.mid_convs[1](x) * self.config.output_scale
+        return run_trunk(self, self.embedding(control.flatten(0, 1)), emb)
 
     # ------------------------------------------------------------ the control interface
 

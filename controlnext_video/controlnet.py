@@ -28,9 +28,13 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
+from diffusers.models.unets.unet_3d_blocks import (
+    UNetMidBlockSpatioTemporal,
+    get_down_block,
+)
 from torch import nn
 
+from .control import batch_timesteps
 from .weights import check_loading_info, own_memory
 
 # The UNet's input path: the names the branch copies (same state-dict keys as in the UNet).
@@ -177,10 +181,7 @@ class SVDControlNetModel(ModelMixin, ConfigMixin):
         control: torch.Tensor,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         batch, frames = sample.shape[:2]
-        t = torch.as_tensor(timestep, device=sample.device)
-        if t.ndim == 0:
-            t = t[None]
-        t = t.expand(batch)
+        t = batch_timesteps(timestep, batch, sample.device)
         emb = self.time_embedding(self.time_proj(t).to(dtype=sample.dtype))
         added = self.add_time_proj(added_time_ids.flatten()).reshape(batch, -1).to(emb.dtype)
         emb = (emb + self.add_embedding(added)).repeat_interleave(frames, dim=0)

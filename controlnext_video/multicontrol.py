@@ -26,8 +26,16 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from .control import (
-    MID_GROUPS, STAGE_CHANNELS, STAGE_GROUPS, STEM_CHANNELS, STEM_GROUPS, TIME_EMBED_DIM, TIME_PROJ_CHANNELS,
+    MID_GROUPS,
+    STAGE_CHANNELS,
+    STAGE_GROUPS,
+    STEM_CHANNELS,
+    STEM_GROUPS,
+    TIME_EMBED_DIM,
+    TIME_PROJ_CHANNELS,
     _StridedConv,
+    batch_timesteps,
+    run_trunk,
 )
 from .injection import ControlSignal, control_injection
 from .weights import check_loading_info, own_memory
@@ -122,10 +130,7 @@ class MultiConditionControlNeXtModel(ModelMixin, ConfigMixin):
         if channels != self.condition_channels:
             raise ValueError(f"control has {channels} channels; this module takes {self.condition_channels} "
                              f"({', '.join(self.config.condition_types)}, three each)")
-        t = torch.as_tensor(timestep, device=control.device)
-        if t.ndim == 0:
-            t = t[None]
-        t = t.expand(batch)
+        t = batch_timesteps(timestep, batch, control.device)
         present = self.presence(control)
         emb = self.time_embedding(self.time_proj(t).to(dtype=control.dtype)) + self.condition_embedding(present)
         emb = emb.repeat_interleave(frames, dim=0)
@@ -134,10 +139,7 @@ class MultiConditionControlNeXtModel(ModelMixin, ConfigMixin):
         weights = (present / present.sum(dim=1, keepdim=True).clamp(min=1)).repeat_interleave(frames, dim=0)
         x = sum(stem(pictures[:, CONDITION_CHANNELS * k : CONDITION_CHANNELS * (k + 1)]) * weights[:, k, None, None, None]
                 for k, stem in enumerate(self.stems))
-        for res, down in zip(self.down_res, self.down_sample):
-            x = down(res(x, emb))
-        x = self.mid_convs[0](x) + x
-        return self.mid_convs[1](x) * self.config.output_scale
+        return run_trunk(self, x, emb)
 
     # ------------------------------------------------------------ the control interface
 
