@@ -201,7 +201,9 @@ class SegmentDriver:
             group = self.queue.popleft()
             for segment in group:
                 self.attempts[segment] = self.attempts.get(segment, 0) + 1
-            self.in_flight[group] = self.dispatcher.submit(group, max(self.attempts[s] for s in group))
+            run = self.in_flight[group] = self.dispatcher.submit(group, max(self.attempts[s] for s in group))
+            if run.state not in ACTIVE_STATES:  # rendered during submit (in-process): count it now
+                self.settle(group, run)
 
     def settle(self, group: tuple[int, ...], run: SegmentRun) -> None:
         """Act on a run that has ended: its recorded segments are done, whatever the run's state;

@@ -121,6 +121,22 @@ def test_local_dispatcher_reports_errors_as_failures():
     assert calls == [0, 1, 2]
 
 
+def test_in_process_segments_count_as_done_as_each_finishes():
+    """In-process rendering happens inside `submit`: the job's count of segments done moves after
+    each segment, not once all of them are rendered."""
+    records, seen = set(), []
+
+    def render(segments, attempt):
+        seen.append(("render", segments[0], len(records)))
+        records.update(segments)
+
+    drive_segments([0, 1, 2], LocalDispatcher(render), is_done=records.__contains__, max_in_flight=4,
+                   max_attempts=3, poll_seconds=0, log=lambda m: None,
+                   on_progress=lambda done, total: seen.append(("done", done, total)))
+    assert seen == [("done", 0, 3), ("render", 0, 0), ("done", 1, 3), ("render", 1, 1), ("done", 2, 3),
+                    ("render", 2, 2), ("done", 3, 3)]
+
+
 def test_runs_take_consecutive_segments_and_skip_done_ones():
     d = Scripted({})
     d.records.add(2)
