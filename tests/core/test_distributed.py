@@ -156,7 +156,9 @@ def test_a_stalled_rank_fails_the_others_within_the_timeout(tmp_path):
     timeout, stall = 3.0, 20.0
     spawn(ranks.sampler_rank, 2, tmp_path, stall, timeout)
     waiting = json.loads((tmp_path / "rank0.json").read_text())
-    assert waiting["outcome"] != "finished" and waiting["seconds"] < timeout + 5, waiting
+    # it gave up on the stalled peer before that peer came back (the collective timeout, not the
+    # peer, ended the wait; the margin is wide because a loaded machine stretches every wait)
+    assert waiting["outcome"] != "finished" and waiting["seconds"] < stall, waiting
     assert "timed out" in waiting["outcome"].lower() or "timeout" in waiting["outcome"].lower(), waiting
 
 
