@@ -91,6 +91,9 @@ class DeploymentDispatcher:
     parameters: Callable[[tuple[int, ...], int], dict]
     job_id: str
     work_queue_name: str | None = None
+    # Scopes the runs' idempotency keys to this run of the job: the same job id rendered again
+    # (into another store, or after `jobs clean`) must start new runs, not get the old ones back.
+    run_key: str = field(default_factory=lambda: _current_run_key())
 
     def submit(self, segments: tuple[int, ...], attempt: int) -> SegmentRun:
         """Queue a run of the deployment for `segments`, as a subflow run of the job (what
@@ -107,7 +110,7 @@ class DeploymentDispatcher:
                 state=Scheduled(name=QUEUED_STATE_NAME),
                 name=f"{self.job_id}-{name}-try-{attempt}",
                 tags=[f"job:{self.job_id}", *(f"segment:{s}" for s in segments), f"attempt:{attempt}"],
-                idempotency_key=f"{self.job_id}:{name}:attempt-{attempt}",
+                idempotency_key=f"{self.job_id}:{self.run_key}:{name}:attempt-{attempt}",
                 parent_task_run_id=_subflow_link(client, self.deployment, f"{name}-attempt-{attempt}"),
                 work_queue_name=self.work_queue_name,
             )
@@ -127,6 +130,15 @@ class DeploymentDispatcher:
 
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run.flow_run_id, Cancelling(message=reason), force=True)
+
+
+def _current_run_key() -> str:
+    """The current flow run's id, or (outside a flow run) a fresh random key."""
+    import uuid
+
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
 
 
 def _subflow_link(client, deployment: str, key: str):

@@ -145,9 +145,12 @@ def object_store():
                AWS_SECRET_ACCESS_KEY="stack-test-secret", AWS_DEFAULT_REGION="us-east-1")
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    try:
-        import s3fs
+    import s3fs
 
+    # fsspec caches filesystem instances: one made for an earlier module's server would point at
+    # that (stopped) server's port
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
         s3fs.S3FileSystem().call_s3("create_bucket", Bucket=BUCKET)
         yield env
     finally:
@@ -157,3 +160,4 @@ def object_store():
             else:
                 os.environ[key] = value
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()
