@@ -80,6 +80,12 @@ def plan_windows(num_frames: int, window_size: int, overlap: int) -> WindowPlan:
     return WindowPlan(num_frames, size, overlap, tuple(Window(s, s + size) for s in starts))
 
 
+def segment_windows(frames: int, window_size: int, overlap: int) -> int:
+    """The windows a segment of `frames` output frames is denoised in (its frames plus the
+    reference pose frame the pipeline puts first)."""
+    return len(plan_windows(frames + 1, window_size, overlap).windows)
+
+
 def auto_segment_length(window_size: int, overlap: int, gpus: int, frames_per_gpu: int = AUTO_FRAMES_PER_GPU) -> int:
     """A segment length for segments fused over `gpus` GPUs: about `frames_per_gpu * gpus`
     frames, made so that a segment's windows (its frames plus the reference pose frame) number a
@@ -90,7 +96,7 @@ def auto_segment_length(window_size: int, overlap: int, gpus: int, frames_per_gp
     if not 0 < overlap < window_size:
         raise ValueError(f"overlap must be in (0, window_size={window_size}), got {overlap}")
     stride = window_size - overlap
-    target = len(plan_windows(frames_per_gpu * gpus + 1, window_size, overlap).windows)
+    target = segment_windows(frames_per_gpu * gpus, window_size, overlap)
     windows = gpus * max(1, round(target / gpus))
     # the most pipeline frames that `windows` windows cover, less the reference pose frame
     return overlap + windows * stride - 1

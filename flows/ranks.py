@@ -242,7 +242,7 @@ def _render_together(job: JobContext, segment: int, attempt: int, pipe, group, p
     import torch.distributed as dist
 
     from controlnext_video.distributed import speedup_cap
-    from controlnext_video.windows import plan_windows
+    from controlnext_video.windows import segment_windows
 
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     done = [segment_done(job, segment)]
@@ -256,7 +256,7 @@ def _render_together(job: JobContext, segment: int, attempt: int, pipe, group, p
     dist.all_gather_object(everyone, frames, group=group)  # returns once every rank has written its frames
     if rank == 0:
         frames = sorted((f for part in everyone for f in part), key=lambda f: f["frame"])
-        windows = len(plan_windows(len(frames) + 1, job.request.window, job.request.overlap).windows)
+        windows = segment_windows(len(frames), job.request.window, job.request.overlap)
         write_segment_record(job, segment, segment_record(
             job, segment, attempt, frames, load_seconds=loaded - started, render_seconds=time.time() - loaded,
             gpus=world_size, devices=devices, windows=windows, speedup_cap=round(speedup_cap(windows, world_size), 3)))

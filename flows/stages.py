@@ -398,10 +398,10 @@ def plan(job: JobContext, num_frames: int) -> SegmentPlan:
 def window_balance(job: JobContext, segment_plan: SegmentPlan, gpus: int) -> str:
     """What fusing a segment over `gpus` GPUs can gain: its windows and the speed-up cap."""
     from controlnext_video.distributed import speedup_cap
-    from controlnext_video.windows import plan_windows
+    from controlnext_video.windows import segment_windows
 
     request, longest = job.request, max(s.length for s in segment_plan.segments)
-    windows = len(plan_windows(longest + 1, request.window, request.overlap).windows)
+    windows = segment_windows(longest, request.window, request.overlap)
     return (f"segments of up to {longest} frames have {windows} windows: on {gpus} GPU(s) each, at most "
             f"{speedup_cap(windows, gpus):.2f}x one GPU's speed (W / ceil(W / G))")
 
