@@ -27,7 +27,7 @@ test: setup
 # process workers, CLI subprocesses), the heavy computations and the browser test (the Prefect UI
 # in headless Chromium). What CI runs.
 test-all: setup
-	$(BIN)/python -m pytest -m "not slow and not gpu"
+	$(BIN)/python -m pytest -m "not slow and not gpu" --durations=30
 
 clean:
 	rm -rf $(VENV) build *.egg-info

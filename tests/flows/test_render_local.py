@@ -48,8 +48,9 @@ def test_artifacts_in_prefect(local_job):
     _, result, _ = local_job
     job = result["job_id"].lower()
 
-    def artifacts(key):
-        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    def artifacts(key):  # this run's: another test may render the same inputs (the same job id) in the session
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]])))
 
     with get_client(sync_client=True) as client:
         report = artifacts(f"{job}-report")
