@@ -104,6 +104,39 @@ def poses_command(**options) -> None:
         typer.echo(f"preview: {result.preview}")
 
 
+CONDITION_FIELDS = ("stride", "max_frames", "height", "width", "conditions")
+
+
+@app.command("conditions")
+@with_request_options(CONDITION_FIELDS, extra=[
+    _param("driving", Path, typer.Option("--driving", help="Driving video (the motion).")),
+    _param("reference", Path, typer.Option("--reference", help="Reference image (the character).")),
+    _param("out", Path, typer.Option("--out", help="Output folder for the previews and maps.")),
+    _param("maps_png", bool, typer.Option(help="Also write every map as a PNG under <out>/<condition>/."), False),
+])
+def conditions_command(**options) -> None:
+    """Extract the edges and person masks of a driving clip exactly as `render` does (the same
+    framing, extractors and settings): per condition a side-by-side preview video and the
+    reference's map, to check before spending GPU time."""
+    from pose.conditions import make_condition_preview
+    from pose.errors import PoseError
+
+    defaults = {} if options.get("conditions") else dict(conditions=["edges", "mask"])  # the frame conditions
+    request = request_from_options(options, reference=str(options["reference"]), driving=str(options["driving"]),
+                                   **defaults)
+    try:
+        result = make_condition_preview(
+            options["driving"], options["reference"], options["out"], request.conditions, stride=request.stride,
+            max_frames=request.max_frames or None, height=request.height, width=request.width,
+            maps_png=options["maps_png"])
+    except PoseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"{result.frames} frames of {', '.join(result.previews)} written to {result.out_dir}")
+    for name, path in result.previews.items():
+        typer.echo(f"{name} preview: {path}")
+
+
 class _Bars:
     """Terminal progress bars for the job's progress reports (one bar per report key)."""
 

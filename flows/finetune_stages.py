@@ -25,8 +25,9 @@ def prepare_clips(request) -> list[dict]:
     """Copy every clip into the store (content-addressed), probe it, and detect its poses at every
     frame with the render path's code and detection cache; return a record per clip."""
     from pose import openpose_json
-    from pose.conditions import FRAME_CONDITIONS, ConditionSettings, condition_digest, extract_clip, maps_to_bytes
+    from pose.conditions import FRAME_CONDITIONS, ConditionSettings, condition_digest, iter_clip_maps
     from pose.pipeline import detect_driving
+    from storage.chunks import ChunkedFrames, ChunkedFramesWriter
 
     from controlnext_video.video import probe
 
@@ -53,10 +54,12 @@ def prepare_clips(request) -> list[dict]:
         for condition in (c for c in request.conditions if c in FRAME_CONDITIONS):
             maps_key = cache_key("conditions", condition_digest(
                 digest, condition, ConditionSettings(), height=info.height, width=info.width, stride=1,
-                max_frames=None), f"{condition}.npz")
-            if not store.exists(maps_key):
-                maps = extract_clip(local, condition, height=info.height, width=info.width, stride=1, max_frames=None)
-                store.write_bytes(maps_key, maps_to_bytes(maps))
+                max_frames=None), condition)
+            if not ChunkedFrames.exists(store, maps_key):  # streamed, written in chunks: any clip length
+                with ChunkedFramesWriter(store, maps_key) as maps:
+                    for _, condition_map in iter_clip_maps(local, condition, height=info.height, width=info.width,
+                                                           stride=1, max_frames=None):
+                        maps.append(condition_map)
             conditions[condition] = maps_key
         records.append(dict(name=name, sha256=digest, key=key, detections=detections, frames=info.frame_count,
                             conditions=conditions))
@@ -75,8 +78,9 @@ def training_clip(store: ArtifactStore, record: dict, settings, scratch: Path,
     otherwise a multi-condition module's types, the pictures stacked in that order, black for
     the types not in `conditions` (as the render path gives them)."""
     from pose import openpose_json
-    from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
+    from pose.conditions import FRAME_CONDITION_TYPES
     from pose.render import render_pose
+    from storage.chunks import ChunkedFrames
     from pose.smooth import fill_gaps, smooth_sequence
 
     from controlnext_video.training import HandBox, VideoClip
@@ -86,7 +90,9 @@ def training_clip(store: ArtifactStore, record: dict, settings, scratch: Path,
         poses = smooth_sequence(poses, settings.smoothing)
     hands = [[box for box in (HandBox.from_keypoints(f.left_hand), HandBox.from_keypoints(f.right_hand)) if box]
              for f in poses.frames]
-    maps = {name: maps_from_bytes(store.read_bytes(key)) for name, key in record.get("conditions", {}).items()}
+    # a chunk at a time, from a local copy of each chunk (training reads them again and again)
+    maps = {name: ChunkedFrames(store, key, cache_chunks=4, read=lambda k: local_copy(store, k, scratch).read_bytes())
+            for name, key in record.get("conditions", {}).items()}
 
     def picture(name: str, i: int) -> np.ndarray:
         if name == "pose":

@@ -243,11 +243,11 @@ def extract_conditions(job: JobContext, ingest_result: IngestResult, num_frames:
     """The request's frame conditions (edges, mask; `pose.conditions`): every sampled driving frame's
     map, fitted to the output size as the reference is (cached under `cache/conditions/` by clip
     content, settings, size and sampling), with the reference's own map first, written to the job;
-    and a preview per condition. Returns the preview keys by condition."""
-    from pose.conditions import (
-        FRAME_CONDITIONS, ConditionSettings, condition_digest, extract_clip, extract_frames, maps_from_bytes,
-        maps_to_bytes, write_condition_preview,
-    )
+    and a preview per condition. One pass over the clip per condition, a frame at a time: maps go
+    to the store in chunks as they come (`storage.chunks`). Returns the preview keys by condition."""
+    from pose.conditions import FRAME_CONDITIONS, ConditionPreview, ConditionSettings, condition_digest, \
+        extract_frames, iter_clip_maps
+    from storage.chunks import ChunkedFrames, ChunkedFramesWriter
     from storage.layout import cache_key
 
     from controlnext_video.video import decode_png
@@ -259,20 +259,26 @@ def extract_conditions(job: JobContext, ingest_result: IngestResult, num_frames:
     for name in (c for c in request.conditions if c in FRAME_CONDITIONS):
         digest = condition_digest(ingest_result.driving_sha256, name, settings, height=request.height,
                                   width=request.width, stride=request.stride, max_frames=max_frames)
-        cached = cache_key("conditions", digest, f"{name}.npz")
-        if store.exists(cached):
-            maps = maps_from_bytes(store.read_bytes(cached))
-        else:
-            maps = extract_clip(driving, name, height=request.height, width=request.width, stride=request.stride,
-                                max_frames=max_frames, settings=settings)
-            store.write_bytes(cached, maps_to_bytes(maps))
-        if len(maps) != num_frames:
-            raise JobInputError(f"{name}: {len(maps)} driving frames decoded, the poses have {num_frames}")
-        reference = extract_frames(iter([decode_png(store.read_bytes(layout.reference_image))]), name, settings)
-        store.write_bytes(layout.condition_maps(name), maps_to_bytes(np.concatenate([reference, maps])))
+        cached = cache_key("conditions", digest, name)
+        from_cache = ChunkedFrames.exists(store, cached)
+        cache = None if from_cache else ChunkedFramesWriter(store, cached)
+        maps = iter_clip_maps(driving, name, height=request.height, width=request.width, stride=request.stride,
+                              max_frames=max_frames, settings=settings,
+                              maps=ChunkedFrames(store, cached) if from_cache else None)
+        job_maps = ChunkedFramesWriter(store, layout.condition_maps(name))
+        job_maps.append(extract_frames(iter([decode_png(store.read_bytes(layout.reference_image))]), name, settings)[0])
         target = job.scratch(f"{name}_preview.mp4")
-        write_condition_preview(driving, name, maps, target, stride=request.stride, max_frames=max_frames,
-                                fps=ingest_result.fps)
+        with ConditionPreview(target, name, ingest_result.fps) as preview:
+            for frame, condition_map in maps:
+                job_maps.append(condition_map)
+                if cache is not None:
+                    cache.append(condition_map)
+                preview.write(frame, condition_map)
+        if cache is not None:
+            cache.close()
+        if preview.frames != num_frames:
+            raise JobInputError(f"{name}: {preview.frames} driving frames decoded, the poses have {num_frames}")
+        job_maps.close()
         store.put_file(target, layout.condition_preview(name))
         previews[name] = layout.condition_preview(name)
     return previews
@@ -309,14 +315,15 @@ def _condition_pictures(job: JobContext, name: str, frames) -> list[np.ndarray]:
 def condition_renderer(job: JobContext, name: str) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
     """A condition's picture of the reference, and a function drawing output frame i's (for the
     segments, the side-by-side preview and the contact sheet). Shapes: `(H, W, 3)` uint8."""
-    from pose.conditions import FRAME_CONDITION_TYPES, maps_from_bytes
+    from pose.conditions import FRAME_CONDITION_TYPES
     from pose.render import render_pose
+    from storage.chunks import ChunkedFrames
 
     h, w = job.request.height, job.request.width
     if name == "pose":
         aligned = load_aligned(job)
         return render_pose(load_reference_pose(job), h, w), lambda i: render_pose(aligned[i], h, w)
-    maps = maps_from_bytes(job.store.read_bytes(job.layout.condition_maps(name)))
+    maps = ChunkedFrames(job.store, job.layout.condition_maps(name))  # a chunk at a time
     render = FRAME_CONDITION_TYPES[name].render
     return render(maps[0]), lambda i: render(maps[i + 1])
 

@@ -11,18 +11,19 @@ taken there, so a driver standing left of centre leaves a mask left of centre wh
 reference. The map of output frame 0 is the reference image's own (as the reference pose is for
 "pose"). Each condition has an extractor (frame -> map, `ConditionType.extractor`), a renderer
 (map -> RGB picture, `ConditionType.render`), a cache digest (`condition_digest`: clip content,
-condition settings, size, stride, frame limit) and a preview (`write_condition_preview`).
+condition settings, size, stride, frame limit) and a preview (`ConditionPreview`). A clip's maps
+are streamed (`iter_clip_maps`, a frame at a time) and stored in chunks (`storage.chunks`), never
+held whole: a long clip needs no more memory than a short one.
 
-Pure arrays in and out except `extract_clip` (streams the clip) and the preview (writes a video);
+Pure arrays in and out except `iter_clip_maps` (streams the clip) and the preview (writes a video);
 OpenCV and MediaPipe are imported where used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -170,31 +171,43 @@ def check_conditions(names: Sequence[str]) -> tuple[str, ...]:
 
 def extract_frames(frames: Iterator[np.ndarray], name: str, settings: ConditionSettings = ConditionSettings()
                    ) -> np.ndarray:
-    """The maps of a frame condition for frames already fitted to the output size.
+    """The maps of a frame condition for a few frames already fitted to the output size (the
+    reference image, a test's frames; a clip goes through `iter_clip_maps`, which streams).
 
     Shapes: frames `(H, W, 3)` uint8 each -> `(N, H, W)` uint8."""
-    if name not in FRAME_CONDITION_TYPES:
-        raise ValueError(f"{name!r} is not a frame condition ({FRAME_CONDITIONS})")
-    extractor = FRAME_CONDITION_TYPES[name].extractor(settings)
-    try:
-        maps = [extractor(frame) for frame in frames]
-    finally:
-        extractor.close()
+    maps = [condition_map for _, condition_map in _with_maps(frames, name, settings)]
     if not maps:
         raise PoseInputError(f"no frames to extract {name} from")
     return np.stack(maps)
 
 
-def extract_clip(driving: str | Path, name: str, *, height: int, width: int, stride: int, max_frames: int | None,
-                 settings: ConditionSettings = ConditionSettings()) -> np.ndarray:
-    """The maps of every stride-th driving frame, fitted to the output size as the reference is.
+def _with_maps(frames: Iterator[np.ndarray], name: str, settings: ConditionSettings
+               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if name not in FRAME_CONDITION_TYPES:
+        raise ValueError(f"{name!r} is not a frame condition ({FRAME_CONDITIONS})")
+    extractor = FRAME_CONDITION_TYPES[name].extractor(settings)
+    try:
+        for frame in frames:
+            yield frame, extractor(frame)
+    finally:
+        extractor.close()
 
-    Shapes: -> `(N, height, width)` uint8."""
+
+def iter_clip_maps(driving: str | Path, name: str, *, height: int, width: int, stride: int, max_frames: int | None,
+                   settings: ConditionSettings = ConditionSettings(), maps: Iterable[np.ndarray] | None = None
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every stride-th driving frame fitted to the output size as the reference is, with its map:
+    extracted as the frames stream by, or taken from `maps` (a cached clip's, in frame order).
+    One frame in memory at a time.
+
+    Shapes: yields `(height, width, 3)` uint8, `(height, width)` uint8."""
     from controlnext_video.video import VideoError, iter_frames
 
+    if name not in FRAME_CONDITION_TYPES:
+        raise ValueError(f"{name!r} is not a frame condition ({FRAME_CONDITIONS})")
     try:
         frames = iter_frames(driving, stride=stride, max_frames=max_frames, size=(height, width), fit="crop")
-        return extract_frames(frames, name, settings)
+        yield from (_with_maps(frames, name, settings) if maps is None else zip(frames, maps))
     except VideoError as exc:
         raise PoseInputError(f"{driving}: {exc}") from exc
 
@@ -207,34 +220,92 @@ def condition_digest(clip_sha256: str, name: str, settings: ConditionSettings, *
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def maps_to_bytes(maps: np.ndarray) -> bytes:
-    """Maps as a compressed `.npz` (lossless; edges and masks compress well)."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, maps=maps)
-    return buffer.getvalue()
+class ConditionPreview:
+    """Side-by-side preview video, written a frame at a time: the fitted driving frame | its
+    rendered map. A context manager: an exception discards the half-written file.
+
+    Shapes: `write(frame (H, W, 3) uint8, map (H, W) uint8)`, H and W even."""
+
+    def __init__(self, path: str | Path, name: str, fps) -> None:
+        from controlnext_video.video import VideoWriter
+
+        self.path, self.render = Path(path), FRAME_CONDITION_TYPES[name].render
+        self.frames = 0
+        self._writer = VideoWriter(path, fps, codec="h264", preset="veryfast")
+
+    def write(self, frame: np.ndarray, condition_map: np.ndarray) -> None:
+        self._writer.write(np.concatenate([frame, self.render(condition_map)], axis=1))
+        self.frames += 1
+
+    def __enter__(self) -> ConditionPreview:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._writer.close()
+        else:
+            self._writer.abort()
 
 
-def maps_from_bytes(data: bytes) -> np.ndarray:
-    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-        return archive["maps"]
+@dataclass(frozen=True)
+class ConditionPreviewResult:
+    out_dir: Path
+    frames: int
+    previews: dict[str, Path]  # <name>_preview.mp4: fitted driving frame | its map
+    reference_maps: dict[str, Path]  # <name>_reference.png: the reference image's map (given with it, as its pose is)
+    map_dirs: dict[str, Path] = field(default_factory=dict)  # <name>/NNNNNN.png: output frame N's map
 
 
-def write_condition_preview(driving: str | Path, name: str, maps: np.ndarray, path: str | Path, *, stride: int,
-                            max_frames: int | None, fps) -> Path:
-    """Side-by-side preview: the fitted driving frame | its rendered map, one row per sampled frame.
+def make_condition_preview(driving: str | Path, reference: str | Path, out_dir: str | Path, names: Sequence[str], *,
+                           settings: ConditionSettings = ConditionSettings(), stride: int = 2,
+                           max_frames: int | None = None, height: int = 1024, width: int = 576,
+                           maps_png: bool = False, progress: bool = True) -> ConditionPreviewResult:
+    """The `conditions` command: a clip's frame conditions exactly as `render` takes them (the
+    same fitting, extractors and settings), written to `out_dir` to be checked before a render:
+    per condition a side-by-side preview video, the reference's map, and with `maps_png` every
+    map as a PNG. Streams the clip (one frame in memory at a time)."""
+    from PIL import Image
 
-    Shapes: maps `(N, H, W)` uint8 for the N sampled frames (N even sizes: H and W multiples of 2).
-    """
-    from controlnext_video.video import VideoWriter, iter_frames
+    from controlnext_video.video import VideoError, output_rate, planned_frame_count, probe
+    from pose.extract import prepare_reference
 
-    height, width = maps.shape[1:]
-    writer = VideoWriter(path, fps, codec="h264", preset="veryfast")
+    names = [n for n in check_conditions(names) if n in FRAME_CONDITIONS]
+    if not names:
+        raise PoseInputError(f"no frame conditions to preview: choose among {FRAME_CONDITIONS} "
+                             "(the pose has its own preview, the `poses` command)")
+    if height % 2 or width % 2:
+        raise PoseInputError(f"height and width must be even (H.264), got {height}x{width}")
     try:
-        frames = iter_frames(driving, stride=stride, max_frames=max_frames, size=(height, width), fit="crop")
-        for frame, condition_map in zip(frames, maps):
-            writer.write(np.concatenate([frame, FRAME_CONDITION_TYPES[name].render(condition_map)], axis=1))
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return Path(path)
+        info = probe(driving)
+    except VideoError as exc:
+        raise PoseInputError(f"{driving}: {exc}") from exc
+    fps, total = output_rate(info.fps, stride), planned_frame_count(info, stride, max_frames)
+    fitted_reference = prepare_reference(reference, height=height, width=width)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previews, references, map_dirs, frames = {}, {}, {}, 0
+    for name in names:
+        references[name] = out_dir / f"{name}_reference.png"
+        Image.fromarray(extract_frames(iter([fitted_reference]), name, settings)[0]).save(references[name])
+        if maps_png:
+            map_dirs[name] = out_dir / name
+            map_dirs[name].mkdir(exist_ok=True)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total or None, desc=name, unit="frame")
+        try:
+            with ConditionPreview(out_dir / f"{name}_preview.mp4", name, fps) as preview:
+                for frame, condition_map in iter_clip_maps(driving, name, height=height, width=width, stride=stride,
+                                                           max_frames=max_frames, settings=settings):
+                    if maps_png:
+                        Image.fromarray(condition_map).save(map_dirs[name] / f"{preview.frames:06d}.png")
+                    preview.write(frame, condition_map)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        previews[name], frames = preview.path, preview.frames
+    return ConditionPreviewResult(out_dir, frames, previews, references, map_dirs)

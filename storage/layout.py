@@ -150,8 +150,8 @@ class JobLayout:
 
     def condition_maps(self, condition: str) -> str:
         """A frame condition's maps (edges, mask): the reference's first, then every sampled
-        driving frame's, at the output size (compressed `.npz`)."""
-        return f"{self.conditions}/{_check_name(condition, 'condition name')}_maps.npz"
+        driving frame's, at the output size (a folder of chunks, `storage.chunks`)."""
+        return f"{self.conditions}/{_check_name(condition, 'condition name')}_maps"
 
     def condition_preview(self, condition: str) -> str:
         """Driving frame | its condition map, side by side (MP4)."""

@@ -134,7 +134,7 @@ def test_a_multi_condition_model_finetunes_on_pose_and_edges_with_dropout(prefec
                               **dict(TINY, steps=2, validation_every=0))
     result = finetune(request)
     assert np.isfinite(result["final_loss"])
-    assert list((tmp_path / "store" / "cache" / "conditions").rglob("edges.npz"))
+    assert list((tmp_path / "store" / "cache" / "conditions").rglob("edges/index.json"))
     tuned = ControlNeXtSVDPipeline.from_pretrained(tmp_path / "model")
     assert tuned.controlnext.control_type == "controlnext-multi"
     rendered = render(small_request(reference, driving, tmp_path / "model", tmp_path / "render-store", max_frames=8,

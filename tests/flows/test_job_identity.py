@@ -203,18 +203,31 @@ def test_frame_conditions_are_extracted_cached_and_rendered_as_control_frames(ti
     assert len(frames) == 4 and frames[0].shape == (request.height, request.width, 3)
     assert all(set(np.unique(f)) <= {0, 255} and (f[..., 0] == f[..., 2]).all() for f in frames)
     assert any(f.any() for f in frames)
-    cached = sorted((tmp_path / "store" / CACHE_PREFIX / "conditions").rglob("*.npz"))
+    cached = sorted((tmp_path / "store" / CACHE_PREFIX / "conditions").rglob("index.json"))
     assert len(cached) == 1
+    import dataclasses
+
     import pose.conditions
 
-    def no_extraction(*args, **kwargs):
-        raise AssertionError("extracted again")
+    from storage.chunks import ChunkedFrames
 
-    monkeypatch.setattr(pose.conditions, "extract_clip", no_extraction)
+    extracted = []
+    edges = pose.conditions.FRAME_CONDITION_TYPES["edges"]
+
+    def counting_extractor(settings):
+        extractor = edges.extractor(settings)
+        extractor.function = lambda frame, inner=extractor.function: extracted.append(1) or inner(frame)
+        return extractor
+
+    counting = dataclasses.replace(edges, extractor=counting_extractor)
+    monkeypatch.setitem(pose.conditions.FRAME_CONDITION_TYPES, "edges", counting)
     seeded = stages.ingest(request.model_copy(update=dict(seed=1)))  # another job, same clip: from the cache
     other = stages.JobContext.open(request.store, seeded.job_id)
     stages.detect_poses(other, seeded, lambda done, total: None)
     assert list(stages.extract_conditions(other, seeded, num_frames)) == ["edges"]
+    assert len(extracted) == 1  # the reference image's map only: the clip's came from the cache
+    first, second = (ChunkedFrames(j.store, j.layout.condition_maps("edges")) for j in (job, other))
+    assert len(first) == num_frames + 1 and np.array_equal(np.stack(list(first)), np.stack(list(second)))
 
 
 def test_several_conditions_stack_for_a_multi_condition_model(clip_inputs, tmp_path):

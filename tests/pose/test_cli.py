@@ -69,3 +69,42 @@ def test_errors_are_reported_without_a_traceback(tmp_path, walking_clip):
     result = CliRunner().invoke(app, ["poses", "--driving", str(walking_clip), "--reference", str(wall),
                                       "--out", str(tmp_path / "o"), "--align", "linear", "--root-motion", "frame"])
     assert result.exit_code == 2 and "root_motion applies to align 'retarget' only" in result.output
+
+
+def test_conditions_command_previews_edges_and_masks_as_render_takes_them(tmp_path, walking_clip, astronaut):
+    """The maps written by `conditions` are those `render` takes: the same fitting and extractor."""
+    from pose.conditions import extract_frames, iter_clip_maps
+    from pose.extract import prepare_reference
+
+    out = tmp_path / "maps"
+    reference = _reference(tmp_path, astronaut)
+    result = CliRunner().invoke(app, [
+        "conditions", "--driving", str(walking_clip), "--reference", str(reference), "--out", str(out),
+        "--stride", "2", "--height", "128", "--width", "96", "--maps-png",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "6 frames of edges, mask written" in result.output  # default: both frame conditions
+    for name in ("edges", "mask"):
+        with av.open(str(out / f"{name}_preview.mp4")) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+        assert len(frames) == 6 and frames[0].shape == (128, 2 * 96, 3)  # fitted frame | map
+        pngs = sorted((out / name).glob("*.png"))
+        assert [p.name for p in pngs] == [f"{k:06d}.png" for k in range(6)]
+        expected = [m for _, m in iter_clip_maps(walking_clip, name, height=128, width=96, stride=2, max_frames=None)]
+        assert all(np.array_equal(np.asarray(Image.open(p)), m) for p, m in zip(pngs, expected))
+        own = extract_frames(iter([prepare_reference(reference, height=128, width=96)]), name)[0]
+        assert np.array_equal(np.asarray(Image.open(out / f"{name}_reference.png")), own)
+    assert np.asarray(Image.open(out / "mask_reference.png")).any()  # the astronaut is found
+
+
+def test_conditions_command_names_bad_input(tmp_path, walking_clip, astronaut):
+    reference = _reference(tmp_path, astronaut)
+    runner = CliRunner()
+    only_pose = runner.invoke(app, ["conditions", "--driving", str(walking_clip), "--reference", str(reference),
+                                    "--out", str(tmp_path / "o"), "--conditions", "pose"])
+    assert only_pose.exit_code == 2 and "the pose has its own preview" in only_pose.output
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    bad = runner.invoke(app, ["conditions", "--driving", str(broken), "--reference", str(reference),
+                              "--out", str(tmp_path / "o")])
+    assert bad.exit_code == 2 and "broken.mp4" in bad.output and "Traceback" not in bad.output

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from pose.conditions import (
-    CONDITION_NAMES, ConditionSettings, EdgeSettings, PersonSegmenter, canny_edges, check_conditions,
-    condition_digest, extract_clip, extract_frames, maps_from_bytes, maps_to_bytes, render_map,
-    write_condition_preview,
+    CONDITION_NAMES, ConditionPreview, ConditionSettings, EdgeSettings, PersonSegmenter, canny_edges,
+    check_conditions, condition_digest, extract_frames, iter_clip_maps, render_map,
 )
 
 
@@ -46,13 +45,30 @@ def test_maps_follow_the_clips_framing(tmp_path):
             frame = np.full((64, 128, 3), 30, np.uint8)
             frame[16:48, 40 + k : 56 + k] = 220
             writer.write(frame)
-    maps = extract_clip(path, "edges", height=64, width=48, stride=2, max_frames=None)
-    assert maps.shape == (3, 64, 48)
+    with ConditionPreview(tmp_path / "edges.mp4", "edges", 12) as preview:
+        pairs = list(iter_clip_maps(path, "edges", height=64, width=48, stride=2, max_frames=None))
+        for frame, condition_map in pairs:
+            preview.write(frame, condition_map)
+    frames, maps = np.stack([f for f, _ in pairs]), np.stack([m for _, m in pairs])
+    assert maps.shape == (3, 64, 48) and frames.shape == (3, 64, 48, 3)
+    assert np.array_equal(maps, extract_frames(iter(frames), "edges"))  # the same extractor, streamed
     columns = np.flatnonzero(maps[0].any(axis=0))
     # source columns 40..56 of 128, centre crop of 48 from column 40: output columns 0..16
     assert columns.max() <= 20 and not maps[:, :, 24:].any()
-    preview = write_condition_preview(path, "edges", maps, tmp_path / "edges.mp4", stride=2, max_frames=None, fps=12)
-    assert preview.stat().st_size > 0
+    assert preview.frames == 3 and preview.path.stat().st_size > 0
+    # cached maps are paired with the frames instead of extracted again
+    given = [np.full((64, 48), 7, np.uint8)] * 3
+    assert [m[0, 0] for _, m in iter_clip_maps(path, "edges", height=64, width=48, stride=2, max_frames=None,
+                                               maps=given)] == [7, 7, 7]
+
+
+def test_a_bad_clip_is_named(tmp_path):
+    from pose.errors import PoseInputError
+
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(PoseInputError, match="broken.mp4"):
+        next(iter_clip_maps(bad, "edges", height=64, width=48, stride=1, max_frames=None))
 
 
 def test_cache_identity_and_storage():
@@ -65,8 +81,6 @@ def test_cache_identity_and_storage():
     assert digest != condition_digest("a" * 64, "edges", settings, **dict(base, stride=1))
     other = ConditionSettings(edges=EdgeSettings(low_threshold=50))
     assert digest != condition_digest("a" * 64, "edges", other, **base)
-    maps = np.random.default_rng(0).integers(0, 2, (3, 16, 8), dtype=np.uint8) * 255
-    assert np.array_equal(maps_from_bytes(maps_to_bytes(maps)), maps)
 
 
 def test_condition_lists_are_checked():
