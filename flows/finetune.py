@@ -4,7 +4,8 @@ Stages, as tasks passing store keys and small records:
 - clips: every video under `request.clips` (a folder or an fsspec URL prefix) is copied into the
   run's folder, probed, and its poses detected and smoothed by the render path's own code and
   cache (`pose.pipeline` with the request's `PoseSettings`), at every frame;
-- train: `controlnext_video.training.train` (the official objective, accelerate), resumable from
+- train: `controlnext_video.training.train` (the official objective, accelerate; with several
+  processes, one per GPU of the worker, `flows.finetune_ranks`), resumable from
   the run's checkpoints in the artifact store; a progress artifact (step, loss), a loss-curve PNG
   refreshed during training, and every `validation_every` steps a validation clip (ground truth
   beside the render from its first frame and poses);
@@ -48,9 +49,17 @@ def clips_task(request: FinetuneRequest) -> list[dict]:
 def train_task(request: FinetuneRequest, run_id: str, clips: list[dict]) -> dict:
     from . import finetune_stages
 
+    from .finetune_ranks import launch_training, training_processes
+    from .settings import Environment
+
     logger = get_run_logger()
     reporter = ProgressReporter(f"{run_id}-training", f"fine-tuning {run_id}")
-    return finetune_stages.train_and_export(request, run_id, clips, reporter, logger.info)
+    environment = Environment.read()
+    processes, gpus = training_processes(request, environment.gpus)
+    if processes == 1:  # in this process (a GPU worker's process sees its GPUs only)
+        return finetune_stages.train_and_export(request, run_id, clips, reporter, logger.info)
+    return launch_training(request, run_id, clips, environment.scratch("finetune", run_id), processes, gpus,
+                           reporter, logger.info, check=interrupt.check)
 
 
 def run_id_for(request: FinetuneRequest, clips: list[dict]) -> str:
@@ -60,7 +69,7 @@ def run_id_for(request: FinetuneRequest, clips: list[dict]) -> str:
     from pose.conditions import DEFAULT_CONDITIONS
 
     settings = request.model_dump(exclude={"out", "store", "model", "device", "keep_checkpoints", "validation_every",
-                                           "steps", "checkpoint_every"})
+                                           "steps", "checkpoint_every", "processes"})
     if tuple(request.conditions) == DEFAULT_CONDITIONS and not request.condition_dropout:
         del settings["conditions"], settings["condition_dropout"]  # ids of runs from before conditions existed
     content = dict(clips=sorted(c["sha256"] for c in clips), model=check_model_dir(request.model).fingerprint(),

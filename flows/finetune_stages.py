@@ -150,8 +150,12 @@ class RunMonitor:
         return key
 
 
-def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Callable[[str], None]) -> dict:
-    """Train (resuming the run's latest checkpoint), then write the model directory and deliver it."""
+def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Callable[[str], None], *,
+                     device: str | None = None, main_process: bool = True) -> dict | None:
+    """Train (resuming the run's latest checkpoint), then write the model directory and deliver it.
+
+    One of several training processes (`flows.finetune_ranks`) passes its own `device`; all but
+    the main one return None once training ends (the main one reports, validates and exports)."""
     import torch
 
     from controlnext_video import ControlNeXtSVDPipeline
@@ -163,7 +167,7 @@ def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Cal
 
     store, prefix = ArtifactStore(request.store), run_prefix(run_id)
     scratch = Environment.read().scratch("finetune", run_id)
-    device = resolve_device(request.device)
+    device = device or resolve_device(request.device)
     config = request.training_config(device)
     pipe = ControlNeXtSVDPipeline.from_pretrained(request.model, torch_dtype=torch.float32, device=device)
     condition_types = getattr(pipe.controlnext.config, "condition_types", None)
@@ -175,6 +179,8 @@ def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Cal
     validation = validation_example(sources[0], request.sample_n_frames, request.height, request.width)
     monitor = RunMonitor(store, prefix, request, pipe, validation, reporter, log)
     result = train(pipe, sources, config, store=store, prefix=f"{prefix}/checkpoints", progress=monitor.on_step)
+    if not main_process:
+        return None
     if result.resumed_from:
         log(f"resumed from step {result.resumed_from}")
     curve = monitor.write_curve(result.losses)
@@ -184,4 +190,4 @@ def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Cal
     delivered = deliver(store, model_key, request.out) if request.out else None
     return dict(model_key=model_key, delivered=delivered, steps=result.steps, final_loss=result.final_loss,
                 trainable_parameters=result.trainable_parameters, loss_curve=curve, validation=validation_key,
-                resumed_from=result.resumed_from)
+                resumed_from=result.resumed_from, processes=result.processes)

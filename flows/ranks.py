@@ -20,9 +20,7 @@ The ranks do not import Prefect: this module's rank side runs with `python -m fl
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+from .launch import die_with_parent, log_tail, read_json, stop, write_json
 from .stages import JobContext, get_pipeline, render_segment_frames, segment_done, segment_record, write_segment_record
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -38,12 +37,9 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 600.0
 # Seconds between two looks of the run's process at its ranks (progress, end, stop requests).
 POLL_SECONDS = 0.5
-# Seconds the launcher gets to stop its ranks after SIGTERM before it is killed.
-STOP_GRACE_SECONDS = 20.0
 PROGRESS_FILE = "progress.json"
 FAILURES_DIR = "failures"
 LOG_FILE = "ranks.log"
-LOG_TAIL_CHARS = 3000
 
 StepCallback = Callable[[int, int, int], None]  # (segment, step, total steps)
 
@@ -88,11 +84,11 @@ def launch_ranks(store: str, job: JobContext, segments: list[int], attempt: int,
                "--attempt", str(attempt), "--run-dir", str(run_dir)]
     with open(run_dir / LOG_FILE, "ab") as log:
         launcher = subprocess.Popen(command, env=_rank_environment(job.request.device, gpus), cwd=PROJECT_DIR,
-                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         _follow(launcher, run_dir, on_step, check)
     finally:
-        _stop(launcher)
+        stop(launcher)
     if launcher.returncode != 0:
         raise _failure(run_dir, launcher.returncode)
     return [job.store.read_json(job.layout.segment_record(s)) for s in segments]
@@ -119,61 +115,23 @@ def _follow(launcher: subprocess.Popen, run_dir: Path, on_step: StepCallback, ch
     seen = None
     while launcher.poll() is None:
         check()
-        progress = _read_json(run_dir / PROGRESS_FILE)
+        progress = read_json(run_dir / PROGRESS_FILE)
         if progress is not None and progress != seen:
             seen = progress
             on_step(progress["segment"], progress["step"], progress["total"])
         time.sleep(POLL_SECONDS)
 
 
-def _stop(launcher: subprocess.Popen) -> None:
-    """End the launcher if it still runs (it stops its ranks on SIGTERM)."""
-    if launcher.poll() is not None:
-        return
-    launcher.terminate()
-    try:
-        launcher.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        launcher.kill()
-        launcher.wait()
-
-
 def _failure(run_dir: Path, returncode: int) -> Exception:
     """RankFailed when a rank failed on its input, else RanksLost, with what the ranks said."""
-    reports = [_read_json(p) for p in sorted((run_dir / FAILURES_DIR).glob("rank-*.json"))]
+    reports = [read_json(p) for p in sorted((run_dir / FAILURES_DIR).glob("rank-*.json"))]
     reports = [r for r in reports if r]
     own = [r for r in reports if r["kind"] == "input"]
     if own:
         return RankFailed(f"rank {own[0]['rank']}: {own[0]['error']}")
     said = "; ".join(f"rank {r['rank']}: {r['error']}" for r in reports) or "no rank reported an error"
-    log = (run_dir / LOG_FILE).read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    log = log_tail(run_dir / LOG_FILE)
     return RanksLost(f"GPU processes lost (launcher exit code {returncode}): {said}\n--- {run_dir / LOG_FILE}\n{log}")
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Replace `path` atomically (the run's process reads it while a rank writes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(json.dumps(value))
-    os.replace(temporary, path)
-
-
-def _die_with_parent() -> None:
-    """Have the kernel end this process when its parent dies (Linux), so that no rank outlives
-    its launcher, nor the launcher the run's process."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- a rank
@@ -188,13 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attempt", type=int, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent()
     rank = int(os.environ["RANK"])
     try:
         _serve(args, rank, int(os.environ["LOCAL_RANK"]))
     except Exception as exc:
         kind = "lost" if _raised_by_a_collective(exc) else "input"
-        _write_json(args.run_dir / FAILURES_DIR / f"rank-{rank}.json",
+        write_json(args.run_dir / FAILURES_DIR / f"rank-{rank}.json",
                     dict(rank=rank, kind=kind, error=f"{type(exc).__name__}: {exc}"))
         raise
 
@@ -271,7 +229,7 @@ def _describe(device: str) -> str:
 
 def _write_progress(run_dir: Path) -> StepCallback:
     def write(segment: int, step: int, total: int) -> None:
-        _write_json(run_dir / PROGRESS_FILE, dict(segment=segment, step=step, total=total))
+        write_json(run_dir / PROGRESS_FILE, dict(segment=segment, step=step, total=total))
 
     return write
 

@@ -324,10 +324,17 @@ class FinetuneRequest(BaseModel):
     smooth: bool = Field(True, description="Temporal smoothing of the poses (as render does).")
     max_gap: int = Field(4, ge=0, le=1000, description="Longest detection gap (frames) that is interpolated.")
     device: str = Field("auto", description="Torch device: auto, cuda, cuda:N or cpu.")
+    processes: int = Field(
+        1, ge=0, le=64, description="Processes training together (DDP through accelerate, the same update as one): "
+                                    "on a GPU worker one per GPU, 0 = all the worker's GPUs (worker --gpus); on the "
+                                    "CPU gloo processes. batch_size must be a multiple of processes x accumulation.")
 
     @model_validator(mode="after")
     def _check(self) -> "FinetuneRequest":
         check_conditions(self.conditions)
+        if self.processes and self.batch_size % (self.processes * self.gradient_accumulation_steps):
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of processes x "
+                             f"gradient_accumulation_steps ({self.processes} x {self.gradient_accumulation_steps})")
         return self
 
     def pose_settings(self):

@@ -14,6 +14,12 @@ pytestmark = pytest.mark.heavy
 
 TINY = dict(steps=4, batch_size=1, learning_rate=1e-3, warmup_steps=1, height=64, width=64, sample_n_frames=3,
             frame_interval=2, checkpoint_every=2, validation_every=2, gradient_checkpointing=False, seed=3)
+# Largest weight difference between a two-process run and a one-process run of the same global
+# batch after 2 steps at learning rate 1e-3: the gradients' float32 sums run in another order, and
+# AdamW's first steps (about lr * sign(g)) magnify that for near-zero gradients. Measured 1.03e-5,
+# 1% of one step (`tests/training/test_engine.py` shows 1e-5 with a large epsilon, where the
+# update is proportional to the gradient).
+WEIGHT_TOLERANCE = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +146,60 @@ def test_a_multi_condition_model_finetunes_on_pose_and_edges_with_dropout(prefec
     rendered = render(small_request(reference, driving, tmp_path / "model", tmp_path / "render-store", max_frames=8,
                                     conditions=["pose", "edges"], output=str(tmp_path / "tuned.mp4")))
     assert rendered["encoded"]["frames"] == 8
+
+
+def test_two_training_processes_from_the_flow_give_the_update_of_one_and_resume_with_one(
+        prefect_server, tiny_model, clip_inputs, tmp_path):
+    """processes=2: the flow launches two gloo processes through accelerate; with the same global
+    batch their run is the one-process run (losses and weights), process 0's progress reaches the
+    run's artifact, and the run resumes from its checkpoint with one process."""
+    import torch
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from controlnext_video import ControlNeXtSVDPipeline
+    from flows.finetune import finetune
+    from flows.request import FinetuneRequest
+
+    _, driving = clip_inputs
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "take-1.mp4").write_bytes(driving.read_bytes())
+    common = dict(TINY, steps=2, batch_size=2, validation_every=0, seed=11, clips=str(tmp_path / "clips"),
+                  model=str(tiny_model))
+    two = finetune(FinetuneRequest(store=str(tmp_path / "two"), out=str(tmp_path / "model-two"), processes=2, **common))
+    assert two["processes"] == 2 and two["steps"] == 2
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"{two['run_id']}-training"])))
+    assert progress and max(a.data for a in progress) == 100.0 and "step 2/2" in progress[-1].description
+    one = finetune(FinetuneRequest(store=str(tmp_path / "one"), out=str(tmp_path / "model-one"), processes=1, **common))
+    assert one["run_id"] == two["run_id"] and one["processes"] == 1  # the process count is not part of the run
+    cards = [json.loads((tmp_path / m / "training.json").read_text()) for m in ("model-one", "model-two")]
+    assert cards[1]["processes"] == 2
+    np.testing.assert_allclose(cards[1]["losses"], cards[0]["losses"], rtol=1e-5)
+    pipes = [ControlNeXtSVDPipeline.from_pretrained(tmp_path / m) for m in ("model-one", "model-two")]
+    states = [{**p.controlnext.state_dict(), **{f"unet.{k}": v for k, v in p.unet.state_dict().items()}} for p in pipes]
+    worst = max((states[0][k] - states[1][k]).abs().max().item() for k in states[0])
+    assert worst <= WEIGHT_TOLERANCE, worst
+    assert any(not torch.equal(v, pipes[0].controlnext.state_dict()[k]) for k, v in
+               ControlNeXtSVDPipeline.from_pretrained(tiny_model).controlnext.state_dict().items())  # it trained
+    resumed = finetune(FinetuneRequest(store=str(tmp_path / "two"), out=str(tmp_path / "model-three"), processes=1,
+                                       **dict(common, steps=3)))
+    assert resumed["resumed_from"] == 2 and resumed["steps"] == 3
+
+
+def test_the_process_count_is_checked_against_the_batch_and_the_workers_gpus(monkeypatch):
+    import controlnext_video.placement
+    from flows.finetune_ranks import training_processes
+    from flows.request import FinetuneRequest
+
+    with pytest.raises(ValueError, match=r"multiple of processes x gradient_accumulation_steps \(2 x 1\)"):
+        FinetuneRequest(clips="clips", processes=2, batch_size=3)
+    assert training_processes(FinetuneRequest(clips="c", device="cpu", processes=0), ()) == (1, ())
+    assert training_processes(FinetuneRequest(clips="c", device="cpu", processes=2, batch_size=2), ("0",)) == (2, ())
+    monkeypatch.setattr(controlnext_video.placement, "resolve_device", lambda device: "cuda")
+    gpus = ("2", "3", "5")
+    assert training_processes(FinetuneRequest(clips="c", processes=0, batch_size=3), gpus) == (3, gpus)
+    assert training_processes(FinetuneRequest(clips="c", processes=2, batch_size=2), gpus) == (2, ("2", "3"))
+    with pytest.raises(ValueError, match=r"processes=4: this worker has 3 GPUs \(2,3,5\)"):
+        training_processes(FinetuneRequest(clips="c", processes=4, batch_size=4), gpus)
