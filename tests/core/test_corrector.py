@@ -20,7 +20,7 @@ from controlnext_video.sampler import (
     window_denoiser_of,
 )
 from controlnext_video.segments import plan_segments
-from controlnext_video.toy import GaussianFrames, gaussian_w2
+from controlnext_video.toy import GaussianFrames, GaussianMixtureFrames, gaussian_w2
 from controlnext_video.windows import plan_windows
 
 from . import ranks
@@ -152,6 +152,34 @@ def test_corrector_lowers_the_distribution_error_at_equal_steps_and_equal_evalua
     corrected = toy.errors(toy_sample(toy, svd_scheduler_config, 4, plan, corrector_steps=1))["w2"]
     assert StochasticOptions(corrector_steps=1).model_evaluations(scheduler_for(svd_scheduler_config, 4).sigmas) == 7
     assert corrected < 0.8 * euler_7 < euler_4, (corrected, euler_7, euler_4)
+
+
+def test_the_mixtures_exact_denoiser_and_errors():
+    toy = GaussianMixtureFrames.random(FRAME, seed=0)
+    means = torch.stack([c.mean for c in toy.components])
+    far = toy.denoised(torch.zeros(1, 1, *FRAME), 1e4).reshape(-1)  # all noise: the mixture's mean
+    assert torch.allclose(far.double(), (toy.weights[:, None] * means).sum(0), atol=1e-3)
+    near = toy.denoised(means[1].reshape(1, 1, *FRAME).float(), 1e-3).reshape(-1)  # no noise: the point itself
+    assert torch.allclose(near.double(), means[1], atol=1e-4)
+    exact = toy.errors(toy.sample(4000, seed=1))
+    assert exact["weight_error"] < 0.02 and exact["w2"] < 0.5
+    one_mode = toy.errors(toy.components[0].mean.expand(100, -1))  # every frame in the first mode
+    assert one_mode["w2"] == float("inf") and one_mode["weight_error"] == pytest.approx(0.5)
+
+
+def test_on_a_mixture_the_corrector_sharpens_each_mode_but_moves_no_frame_between_modes(svd_scheduler_config):
+    """Three modes weighted 0.5/0.3/0.2, 1024 frames, 4 steps: the corrector's Langevin steps at
+    fixed sigma lower the error inside each mode (as on one Gaussian) but, with modes far apart
+    relative to the inner sigmas, leave the shares of the modes as 4 Euler steps made them; only
+    more steps fix those (they are decided at the high noise levels)."""
+    toy = GaussianMixtureFrames.random((4, 4, 4), seed=0)  # 64 numbers a frame: modes about 11 apart
+    plan = plan_windows(1024, 16, 4)
+    euler_4, euler_7, euler_25, corrected = (
+        toy.errors(toy_sample(toy, svd_scheduler_config, steps, plan, corrector_steps=k))
+        for steps, k in ((4, 0), (7, 0), (25, 0), (4, 1)))
+    assert corrected["w2"] < 0.8 * euler_7["w2"] < euler_4["w2"], (corrected, euler_7, euler_4)
+    assert abs(corrected["weight_error"] - euler_4["weight_error"]) < 0.03, (corrected, euler_4)
+    assert euler_25["weight_error"] < 0.5 * euler_4["weight_error"], (euler_25, euler_4)
 
 
 # ------------------------------------------------------------------------------- independence of the plan
