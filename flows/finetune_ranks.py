@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .launch import die_with_parent, free_port, log_tail, read_json, stop, write_json
+from .launch import (
+    PROJECT_DIR, child_environment, die_with_parent, follow, free_port, log_tail, read_json, stop, write_json,
+)
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-POLL_SECONDS = 0.5
 INPUT_FILE = "input.json"
 PROGRESS_FILE = "progress.json"
 MESSAGES_FILE = "messages.txt"
@@ -76,20 +76,15 @@ def launch_training(request, run_id: str, clips: list[dict], scratch: Path, proc
                "--num_machines", "1", "--mixed_precision", precision, "--dynamo_backend", "no",
                "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
                "-m", "flows.finetune_ranks", str(run_dir)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p))
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    if gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    else:  # the CPU's cores shared between the processes
-        env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // processes))
+    env = child_environment(gpus, threads=max(1, torch.get_num_threads() // processes))  # CPU: cores shared
     log(f"training with {processes} processes" + (f" on GPUs {','.join(gpus)}" if gpus else " on the CPU"))
     with open(run_dir / LOG_FILE, "ab") as output:
         launcher = subprocess.Popen(command, env=env, cwd=PROJECT_DIR, stdout=output, stderr=subprocess.STDOUT,
                                     preexec_fn=die_with_parent)
     offset = [0]  # bytes of process 0's messages logged so far
     try:
-        _follow(launcher, run_dir, reporter, log, check, offset)
+        follow(launcher, run_dir / PROGRESS_FILE, lambda p: reporter.update(p["fraction"], p["text"]), check,
+               also=lambda: _forward_messages(run_dir, log, offset))
     finally:
         stop(launcher)
     _forward_messages(run_dir, log, offset)
@@ -101,19 +96,6 @@ def launch_training(request, run_id: str, clips: list[dict], scratch: Path, proc
             f"fine-tuning processes ended with exit code {launcher.returncode}: {said} (run the request again to "
             f"resume from the last checkpoint)\n--- {run_dir / LOG_FILE}\n{log_tail(run_dir / LOG_FILE)}")
     return result
-
-
-def _follow(launcher: subprocess.Popen, run_dir: Path, reporter, log: Callable[[str], None],
-            check: Callable[[], None], offset: list[int]) -> None:
-    seen = None
-    while launcher.poll() is None:
-        check()
-        progress = read_json(run_dir / PROGRESS_FILE)
-        if progress is not None and progress != seen:
-            seen = progress
-            reporter.update(progress["fraction"], progress["text"])
-        _forward_messages(run_dir, log, offset)
-        time.sleep(POLL_SECONDS)
 
 
 def _forward_messages(run_dir: Path, log: Callable[[str], None], offset: list[int]) -> None:

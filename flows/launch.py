@@ -11,11 +11,44 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Seconds a launcher gets to stop its ranks after SIGTERM before it is killed.
 STOP_GRACE_SECONDS = 20.0
 LOG_TAIL_CHARS = 3000
+# Seconds between two looks of the run's process at its children (progress, end, stop requests).
+POLL_SECONDS = 0.5
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+
+
+def child_environment(gpus: tuple[str, ...], threads: int | None = None) -> dict[str, str]:
+    """The children's environment: their GPUs (none: the CPU), the project on the path, loopback
+    networking, and on the CPU `threads` threads each when given."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p))
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    elif threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def follow(launcher: subprocess.Popen, progress_file: Path, on_progress: Callable[[dict], None],
+           check: Callable[[], None], also: Callable[[], None] = lambda: None) -> None:
+    """Wait for the launcher. Every poll: `check()` (it may raise to stop the children), the
+    progress file's content to `on_progress` when it changed, then `also()`."""
+    seen = None
+    while launcher.poll() is None:
+        check()
+        progress = read_json(progress_file)
+        if progress is not None and progress != seen:
+            seen = progress
+            on_progress(progress)
+        also()
+        time.sleep(POLL_SECONDS)
 
 
 def read_json(path: Path) -> dict | None:

@@ -29,14 +29,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from .launch import die_with_parent, log_tail, read_json, stop, write_json
+from .launch import PROJECT_DIR, child_environment, die_with_parent, follow, log_tail, read_json, stop, write_json
 from .stages import JobContext, get_pipeline, render_segment_frames, segment_done, segment_record, write_segment_record
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
 # Seconds the ranks may take to meet and load the pipeline (the step timeout starts after).
 STARTUP_TIMEOUT_SECONDS = 600.0
-# Seconds between two looks of the run's process at its ranks (progress, end, stop requests).
-POLL_SECONDS = 0.5
 PROGRESS_FILE = "progress.json"
 FAILURES_DIR = "failures"
 LOG_FILE = "ranks.log"
@@ -86,7 +83,7 @@ def launch_ranks(store: str, job: JobContext, segments: list[int], attempt: int,
         launcher = subprocess.Popen(command, env=_rank_environment(job.request.device, gpus), cwd=PROJECT_DIR,
                                     stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
-        _follow(launcher, run_dir, on_step, check)
+        follow(launcher, run_dir / PROGRESS_FILE, lambda p: on_step(p["segment"], p["step"], p["total"]), check)
     finally:
         stop(launcher)
     if launcher.returncode != 0:
@@ -101,25 +98,11 @@ def _rank_environment(device: str, gpus: tuple[str, ...]) -> dict[str, str]:
 
     from controlnext_video.placement import resolve_device
 
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus),
-               PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p))
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    env.setdefault("NCCL_SOCKET_IFNAME", "lo")
-    if not resolve_device(device).startswith("cuda"):
-        env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    if resolve_device(device).startswith("cuda"):
+        return child_environment(gpus)
+    env = child_environment(())
+    env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     return env
-
-
-def _follow(launcher: subprocess.Popen, run_dir: Path, on_step: StepCallback, check: Callable[[], None]) -> None:
-    """Wait for the launcher, forwarding rank 0's progress."""
-    seen = None
-    while launcher.poll() is None:
-        check()
-        progress = read_json(run_dir / PROGRESS_FILE)
-        if progress is not None and progress != seen:
-            seen = progress
-            on_step(progress["segment"], progress["step"], progress["total"])
-        time.sleep(POLL_SECONDS)
 
 
 def _failure(run_dir: Path, returncode: int) -> Exception:
