@@ -203,3 +203,25 @@ def test_the_process_count_is_checked_against_the_batch_and_the_workers_gpus(mon
     assert training_processes(FinetuneRequest(clips="c", processes=2, batch_size=2), gpus) == (2, ("2", "3"))
     with pytest.raises(ValueError, match=r"processes=4: this worker has 3 GPUs \(2,3,5\)"):
         training_processes(FinetuneRequest(clips="c", processes=4, batch_size=4), gpus)
+
+
+def test_a_failing_training_process_is_named_and_the_run_fails(tiny_model, tmp_path):
+    """A training process that fails (here: a clip record whose file is not in the store) ends the
+    launch with an error naming the process and what it raised; no result is returned."""
+    from flows.finetune_ranks import TrainingProcessesFailed, launch_training
+    from flows.request import FinetuneRequest
+
+    class Reporter:
+        def update(self, fraction, text):
+            raise AssertionError("no step was made")
+
+    request = FinetuneRequest(clips=str(tmp_path), model=str(tiny_model), store=str(tmp_path / "store"), processes=2,
+                              **dict(TINY, batch_size=2, validation_every=0))
+    missing = dict(name="gone.mp4", sha256="0" * 64, key="cache/clips/" + "0" * 64 + "/gone.mp4",
+                   detections="cache/poses/" + "0" * 64 + "/detected.json", frames=12, conditions={})
+    lines = []
+    with pytest.raises(TrainingProcessesFailed, match=r"process [01]: \w+: .*detected\.json") as failure:
+        launch_training(request, "ft-0000000000000000", [missing], tmp_path / "scratch", 2, (), Reporter(),
+                        lines.append)
+    assert "run the request again to resume" in str(failure.value)
+    assert lines == ["training with 2 processes on the CPU"]
