@@ -28,10 +28,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.unets.unet_3d_blocks import (
-    UNetMidBlockSpatioTemporal,
-    get_down_block,
-)
+from diffusers.models.unets.unet_3d_blocks import UNetMidBlockSpatioTemporal, get_down_block
 from torch import nn
 
 from .control import batch_timesteps

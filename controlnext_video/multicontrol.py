@@ -26,16 +26,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from .control import (
-    MID_GROUPS,
-    STAGE_CHANNELS,
-    STAGE_GROUPS,
-    STEM_CHANNELS,
-    STEM_GROUPS,
-    TIME_EMBED_DIM,
-    TIME_PROJ_CHANNELS,
-    _StridedConv,
-    batch_timesteps,
-    run_trunk,
+    MID_GROUPS, STAGE_CHANNELS, STAGE_GROUPS, STEM_CHANNELS, STEM_GROUPS, TIME_EMBED_DIM, TIME_PROJ_CHANNELS,
+    _StridedConv, batch_timesteps, run_trunk,
 )
 from .injection import ControlSignal, control_injection
 from .weights import check_loading_info, own_memory

@@ -18,8 +18,19 @@ import torch
 from .windows import Window
 
 
+class _ExactDenoiser:
+    """A toy with an analytic `denoised(x, sigma)` (defined by each toy), offered to the real sampler."""
+
+    def window_denoiser(self):
+        """The exact denoiser as the sampler's `SigmaDenoiser` (see `sampler.window_denoiser_of`)."""
+        def denoise(x: torch.Tensor, sigma: float, windows: Sequence[Window]) -> list[torch.Tensor]:
+            return [self.denoised(x[:, w.start : w.stop], sigma) for w in windows]
+
+        return denoise
+
+
 @dataclass(frozen=True)
-class GaussianFrames:
+class GaussianFrames(_ExactDenoiser):
     """Frames `(C, h, w)` from `N(mean, basis diag(variances) basis^T)` (float64, flattened frame)."""
 
     frame_shape: tuple[int, ...]
@@ -48,13 +59,6 @@ class GaussianFrames:
         shrink = self.variances / (self.variances + sigma**2)
         out = self.mean + ((flat @ self.basis) * shrink) @ self.basis.T
         return out.reshape(x.shape).to(x.dtype)
-
-    def window_denoiser(self):
-        """The exact denoiser as the sampler's `SigmaDenoiser` (see `sampler.window_denoiser_of`)."""
-        def denoise(x: torch.Tensor, sigma: float, windows: Sequence[Window]) -> list[torch.Tensor]:
-            return [self.denoised(x[:, w.start : w.stop], sigma) for w in windows]
-
-        return denoise
 
     def errors(self, frames: torch.Tensor) -> dict[str, float]:
         """How far the frames' distribution is from the true one: `w2` (2-Wasserstein between the
@@ -87,7 +91,7 @@ def gaussian_w2(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Tensor,
 
 
 @dataclass(frozen=True)
-class GaussianMixtureFrames:
+class GaussianMixtureFrames(_ExactDenoiser):
     """Frames from a mixture of Gaussians: component k (a `GaussianFrames`) with probability
     `weights[k]`. The exact denoiser is the posterior-weighted sum of the components' own:
     `D(x; sigma) = sum_k p(k | x, sigma) D_k(x; sigma)`, with `p(k | x, sigma)` proportional to
@@ -127,13 +131,6 @@ class GaussianMixtureFrames:
                   for k, c in enumerate(self.components))
         return out.reshape(x.shape).to(x.dtype)
 
-    def window_denoiser(self):
-        """The exact denoiser as the sampler's `SigmaDenoiser` (see `sampler.window_denoiser_of`)."""
-        def denoise(x: torch.Tensor, sigma: float, windows: Sequence[Window]) -> list[torch.Tensor]:
-            return [self.denoised(x[:, w.start : w.stop], sigma) for w in windows]
-
-        return denoise
-
     def sample(self, n: int, seed: int) -> torch.Tensor:
         """n exact samples. Shapes: -> `(n, d)` float64."""
         generator = torch.Generator().manual_seed(seed)
@@ -157,12 +154,12 @@ class GaussianMixtureFrames:
         samples = frames.reshape(-1, self.components[0].mean.numel()).to(torch.float64)
         labels = self.log_posterior(samples, 0.0).argmax(1)
         shares = torch.bincount(labels, minlength=len(self.components)).to(torch.float64) / len(samples)
-        w2 = cov_error = 0.0
+        errors = dict(weight_error=float(0.5 * (shares - self.weights).abs().sum()), w2=0.0, cov_error=0.0)
         for k, (weight, component) in enumerate(zip(self.weights.tolist(), self.components)):
             mine = samples[labels == k]
             if len(mine) < 2:
-                return dict(weight_error=float(0.5 * (shares - self.weights).abs().sum()), w2=float("inf"),
-                            cov_error=float("inf"))
+                return dict(errors, w2=float("inf"), cov_error=float("inf"))
             e = component.errors(mine)
-            w2, cov_error = w2 + weight * e["w2"], cov_error + weight * e["cov_error"]
-        return dict(weight_error=float(0.5 * (shares - self.weights).abs().sum()), w2=w2, cov_error=cov_error)
+            errors["w2"] += weight * e["w2"]
+            errors["cov_error"] += weight * e["cov_error"]
+        return errors

@@ -64,10 +64,7 @@ def launch_training(request, run_id: str, clips: list[dict], scratch: Path, proc
 
     from controlnext_video.placement import resolve_device
 
-    batch, rounds = request.batch_size, request.gradient_accumulation_steps
-    if batch % (processes * rounds):
-        raise ValueError(f"batch_size ({batch}) must be a multiple of processes x gradient_accumulation_steps "
-                         f"({processes} x {rounds}): each process takes an equal share of every step's batch")
+    request.check_batch_split(processes)
     run_dir = Path(scratch) / f"processes-{os.getpid()}-{time.time_ns()}"
     write_json(run_dir / INPUT_FILE, dict(request=request.model_dump(mode="json"), run_id=run_id, clips=clips))
     device = resolve_device(request.device)

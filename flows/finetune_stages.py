@@ -80,8 +80,8 @@ def training_clip(store: ArtifactStore, record: dict, settings, scratch: Path,
     from pose import openpose_json
     from pose.conditions import FRAME_CONDITION_TYPES
     from pose.render import render_pose
-    from storage.chunks import ChunkedFrames
     from pose.smooth import fill_gaps, smooth_sequence
+    from storage.chunks import ChunkedFrames
 
     from controlnext_video.training import HandBox, VideoClip
 
@@ -176,7 +176,9 @@ def train_and_export(request, run_id: str, clips: list[dict], reporter, log: Cal
         raise ValueError(f"conditions {request.conditions}: the model's control module takes {list(condition_types)}")
     sources = [training_clip(store, record, request.pose_settings(), scratch, tuple(request.conditions),
                              condition_types) for record in clips]
-    validation = validation_example(sources[0], request.sample_n_frames, request.height, request.width)
+    # only the main process validates (the others' `on_step` is never called)
+    validation = validation_example(sources[0], request.sample_n_frames, request.height,
+                                    request.width) if main_process else None
     monitor = RunMonitor(store, prefix, request, pipe, validation, reporter, log)
     result = train(pipe, sources, config, store=store, prefix=f"{prefix}/checkpoints", progress=monitor.on_step)
     if not main_process:

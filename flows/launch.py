@@ -25,14 +25,14 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 def child_environment(gpus: tuple[str, ...], threads: int | None = None) -> dict[str, str]:
     """The children's environment: their GPUs (none: the CPU), the project on the path, loopback
-    networking, and on the CPU `threads` threads each when given."""
+    networking, and on the CPU `threads` threads each when given (unless the environment sets them)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(PROJECT_DIR), os.environ.get("PYTHONPATH")) if p))
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     env.setdefault("NCCL_SOCKET_IFNAME", "lo")
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     elif threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+        env.setdefault("OMP_NUM_THREADS", str(threads))
     return env
 
 

@@ -100,9 +100,7 @@ def _rank_environment(device: str, gpus: tuple[str, ...]) -> dict[str, str]:
 
     if resolve_device(device).startswith("cuda"):
         return child_environment(gpus)
-    env = child_environment(())
-    env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    return env
+    return child_environment((), threads=torch.get_num_threads())
 
 
 def _failure(run_dir: Path, returncode: int) -> Exception:

@@ -332,10 +332,16 @@ class FinetuneRequest(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> "FinetuneRequest":
         check_conditions(self.conditions)
-        if self.processes and self.batch_size % (self.processes * self.gradient_accumulation_steps):
-            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of processes x "
-                             f"gradient_accumulation_steps ({self.processes} x {self.gradient_accumulation_steps})")
+        if self.processes:  # 0 (the worker's GPUs) is checked when the count is known
+            self.check_batch_split(self.processes)
         return self
+
+    def check_batch_split(self, processes: int) -> None:
+        """Every step's batch must split evenly over the processes and accumulation rounds."""
+        if self.batch_size % (processes * self.gradient_accumulation_steps):
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of processes x "
+                             f"gradient_accumulation_steps ({processes} x {self.gradient_accumulation_steps}): "
+                             "each process takes an equal share of every step's batch")
 
     def pose_settings(self):
         from pose.settings import PoseSettings

@@ -245,8 +245,9 @@ def extract_conditions(job: JobContext, ingest_result: IngestResult, num_frames:
     content, settings, size and sampling), with the reference's own map first, written to the job;
     and a preview per condition. One pass over the clip per condition, a frame at a time: maps go
     to the store in chunks as they come (`storage.chunks`). Returns the preview keys by condition."""
-    from pose.conditions import FRAME_CONDITIONS, ConditionPreview, ConditionSettings, condition_digest, \
-        extract_frames, iter_clip_maps
+    from pose.conditions import (
+        FRAME_CONDITIONS, ConditionPreview, ConditionSettings, condition_digest, extract_frames, iter_clip_maps,
+    )
     from storage.chunks import ChunkedFrames, ChunkedFramesWriter
     from storage.layout import cache_key
 

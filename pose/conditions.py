@@ -203,8 +203,6 @@ def iter_clip_maps(driving: str | Path, name: str, *, height: int, width: int, s
     Shapes: yields `(height, width, 3)` uint8, `(height, width)` uint8."""
     from controlnext_video.video import VideoError, iter_frames
 
-    if name not in FRAME_CONDITION_TYPES:
-        raise ValueError(f"{name!r} is not a frame condition ({FRAME_CONDITIONS})")
     try:
         frames = iter_frames(driving, stride=stride, max_frames=max_frames, size=(height, width), fit="crop")
         yield from (_with_maps(frames, name, settings) if maps is None else zip(frames, maps))

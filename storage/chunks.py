@@ -119,9 +119,6 @@ class ChunkedFrames:
         """Whether a complete folder is there (its index written)."""
         return store.exists(f"{prefix.rstrip('/')}/{INDEX}")
 
-    def chunk_keys(self) -> list[str]:
-        return [_chunk_key(self.prefix, c) for c in range(-(-self.frames // self.chunk_frames))]
-
     def __len__(self) -> int:
         return self.frames
 
